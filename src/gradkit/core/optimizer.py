@@ -1,0 +1,161 @@
+"""``ChainOptimizer``: a ``torch.optim.Optimizer`` that runs a chain of gradient transforms.
+
+Each step, for every param group, it gathers the parameters that have a gradient, lets the chain
+turn their gradients into steps (reading the group's hyperparameters, so per-group settings and
+``torch.optim.lr_scheduler`` work), and adds the steps to the parameters. State lives in
+``optimizer.state[param]`` like torch.optim's (keys ``"step"`` and ``"<transform index>.<name>"``),
+so ``state_dict`` / ``load_state_dict`` round-trip and resume bit-exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from gradkit.core.hyperparams import Hyperparameter, flag, validate_group
+from gradkit.core.transform import Chain, GradientTransformation, SkipStep, StepContext
+
+__all__ = ["ChainOptimizer"]
+
+_MAXIMIZE = flag("maximize", False)
+
+
+class ChainOptimizer(Optimizer):
+    """Run ``transform`` (usually a :func:`gradkit.chain`) as a torch optimizer.
+
+    Args:
+        params: parameters or param-group dicts, as for any torch optimizer.
+        transform: the transform (or chain) that turns gradients into steps; its last stage
+            returns the step to add to the parameters (e.g. ``-lr * direction``).
+        defaults: hyperparameter values for groups that do not set them; missing ones take the
+            transforms' own defaults. ``maximize=True`` ascends instead of descending.
+
+    Example:
+        >>> opt = ChainOptimizer(model.parameters(), chain(scale_by_adam(), scale_by_lr()), {"lr": 1e-3})
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        transform: GradientTransformation,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(transform, Chain):
+            transform = Chain(transform)
+        self.transform: Chain = transform
+        specs = dict(transform.specs())
+        specs.setdefault("maximize", _MAXIMIZE)
+        self._specs: dict[str, Hyperparameter] = specs
+        merged = {name: spec.default for name, spec in specs.items()}
+        merged.update(defaults or {})
+        validate_group(merged, specs)
+        super().__init__(params, merged)
+
+    # ------------------------------------------------------------------ param groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        try:
+            validate_group(self.param_groups[-1], self._specs)
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    # ------------------------------------------------------------------ stepping
+    @property
+    def needs_closure(self) -> bool:
+        """True if ``step`` must be given a closure (SAM, Entropy-SGD, extragradient, ...)."""
+        return self.transform.needs_closure or bool(getattr(self, "requires_closure", False))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimization step.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (with gradients computed by
+                ``loss.backward()``). Required by methods that evaluate the loss more than once.
+        """
+        if closure is None and self.needs_closure:
+            raise RuntimeError(
+                f"{type(self).__name__} needs a closure that zeroes the gradients, recomputes the "
+                "loss, calls loss.backward() and returns the loss: optimizer.step(closure)"
+            )
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group, closure, loss)
+        return loss
+
+    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(
+                    f"{type(self).__name__} does not support sparse gradients (parameter of shape "
+                    f"{tuple(p.shape)}); use dense gradients, e.g. nn.Embedding(sparse=False)"
+                )
+            params.append(p)
+            grads.append(p.grad)
+        return params, grads
+
+    def _init_state(self, params: list[Tensor]) -> None:
+        fresh = [p for p in params if not self.state[p]]
+        if not fresh:
+            return
+        new_state = self.transform.init(fresh)
+        for i, p in enumerate(fresh):
+            st = self.state[p]
+            st["step"] = torch.tensor(0.0, dtype=torch.float32)
+            for key, values in new_state.items():
+                st[key] = values[i]
+
+    def _step_group(
+        self, group: dict[str, Any], closure: Callable[[], Any] | None, loss: Any
+    ) -> None:
+        params, grads = self._gather(group)
+        if not params:
+            return
+        self._init_state(params)
+        states = [self.state[p] for p in params]
+        step_tensors = [st["step"] for st in states]
+        torch._foreach_add_(step_tensors, 1.0)
+        keys = [k for k in states[0] if k != "step"]
+        state = {k: [st[k] for st in states] for k in keys}
+        ctx = StepContext(
+            group=group,
+            steps=[int(s.item()) for s in step_tensors],
+            grads=grads,
+            closure=closure,
+            loss=loss,
+            optimizer=self,
+        )
+        updates = torch._foreach_neg(grads) if group["maximize"] else grads
+        try:
+            updates = self.transform.update(updates, state, params, ctx)
+        except SkipStep:
+            torch._foreach_sub_(step_tensors, 1.0)
+            return
+        torch._foreach_add_(params, updates)
+
+    # ------------------------------------------------------------------ state dict
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict; state tensors keep their saved dtype (bit-exact resume)."""
+        super().load_state_dict(state_dict)
+        saved_groups = state_dict["param_groups"]
+        saved_state = state_dict["state"]
+        for saved, group in zip(saved_groups, self.param_groups):
+            for pid, p in zip(saved["params"], group["params"]):
+                if pid not in saved_state:
+                    continue
+                for key, value in saved_state[pid].items():
+                    if isinstance(value, Tensor):
+                        device = value.device if key == "step" else p.device
+                        self.state[p][key] = value.to(device=device, copy=True)

@@ -1,0 +1,171 @@
+"""The transform core: a gradient transformation and ``chain``.
+
+A transform turns a list of update tensors (the gradients of one param group, at first) into a new
+list, reading the group's hyperparameters and keeping per-parameter state. It works on the whole
+list at once with ``torch._foreach_*`` operations, never per tensor in a Python loop.
+
+Contract
+--------
+``init(params) -> dict[str, list[Tensor]]``
+    Fresh state for the given parameters: every entry is a list with one tensor per parameter.
+``update(updates, state, params, ctx) -> list[Tensor]``
+    The new updates. ``state`` holds the lists created by ``init`` (for the parameters that have a
+    gradient this step); state tensors are changed **in place**. ``updates`` may be the
+    parameters' own ``.grad`` tensors: call ``ctx.writable(updates)`` before changing them in
+    place, and return freshly allocated lists through ``ctx.owned(new)`` so that later transforms may
+change them in place. The last transform of an optimizer's chain returns the final step, which the optimizer
+    adds to the parameters (so learning-rate scaling returns ``-lr * u``).
+
+A transform that gives the same result on one flat concatenation of all tensors of a group as on
+the separate tensors (elementwise math, or reductions over the whole group such as a global norm)
+sets ``flat_ok = True``; the fused fast path relies on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from gradkit.core.hyperparams import Hyperparameter
+
+__all__ = ["GradientTransformation", "StepContext", "Chain", "chain", "SkipStep"]
+
+TensorList = list[Tensor]
+State = dict[str, TensorList]
+
+
+class _OwnedList(list):
+    """A list of tensors that no one else references: later transforms may change it in place."""
+
+
+class SkipStep(Exception):  # noqa: N818  (a control-flow signal, not an error)
+    """Raised by a transform to skip the whole step of a param group (no state changes)."""
+
+
+@dataclass
+class StepContext:
+    """What a transform may read besides updates, state and params.
+
+    Attributes:
+        group: the param group (hyperparameters such as ``lr``, ``betas``, ``weight_decay``).
+        steps: per-parameter step numbers (1 on the first update of that parameter).
+        grads: the raw gradients of this step (never modify them in place).
+        closure: the user's closure (re-evaluates loss and gradients), or None.
+        loss: the loss returned by the closure at the current parameters, or None.
+        optimizer: the optimizer that runs the chain.
+    """
+
+    group: Mapping[str, Any]
+    steps: list[int]
+    grads: TensorList
+    closure: Callable[[], Any] | None = None
+    loss: Tensor | float | None = None
+    optimizer: Any = None
+
+    @property
+    def step(self) -> int:
+        """The step number of the group (of its first parameter)."""
+        return self.steps[0]
+
+    def writable(self, updates: TensorList) -> TensorList:
+        """Return ``updates`` if it may be modified in place, else a copy that may.
+
+        Only lists marked with :meth:`owned` are modified in place: anything else may alias the
+        gradients or a transform's state.
+        """
+        if isinstance(updates, _OwnedList):
+            return updates
+        return self.owned(torch._foreach_mul(updates, 1.0))
+
+    def owned(self, updates: TensorList) -> TensorList:
+        """Mark a freshly allocated list as writable by later transforms; returns it."""
+        return updates if isinstance(updates, _OwnedList) else _OwnedList(updates)
+
+
+class GradientTransformation:
+    """Base class of all transforms. Subclasses set ``hyperparameters`` and override ``update``."""
+
+    #: hyperparameters this transform reads from the param group, with defaults and checks
+    hyperparameters: ClassVar[Sequence[Hyperparameter]] = ()
+    #: True if the transform gives the same result on one flat buffer of all tensors of a group
+    flat_ok: ClassVar[bool] = True
+    #: True if the transform calls ``ctx.closure`` and so needs one
+    needs_closure: ClassVar[bool] = False
+
+    def init(self, params: TensorList) -> State:
+        return {}
+
+    def update(
+        self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
+    ) -> TensorList:
+        raise NotImplementedError
+
+    def specs(self) -> dict[str, Hyperparameter]:
+        """Hyperparameter specifications keyed by name."""
+        return {h.name: h for h in self.hyperparameters}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Chain(GradientTransformation):
+    """Apply transforms one after the other; the state of transform ``i`` uses keys ``"i.name"``."""
+
+    def __init__(self, *transforms: GradientTransformation) -> None:
+        flat: list[GradientTransformation] = []
+        for t in transforms:
+            if isinstance(t, Chain):
+                flat.extend(t.transforms)
+            elif isinstance(t, GradientTransformation):
+                flat.append(t)
+            else:
+                raise TypeError(f"chain() takes GradientTransformation objects, got {t!r}")
+        self.transforms: tuple[GradientTransformation, ...] = tuple(flat)
+
+    @property
+    def flat_ok(self) -> bool:  # type: ignore[override]
+        return all(t.flat_ok for t in self.transforms)
+
+    @property
+    def needs_closure(self) -> bool:  # type: ignore[override]
+        return any(t.needs_closure for t in self.transforms)
+
+    def specs(self) -> dict[str, Hyperparameter]:
+        out: dict[str, Hyperparameter] = {}
+        for t in self.transforms:
+            out.update(t.specs())
+        return out
+
+    def init(self, params: TensorList) -> State:
+        state: State = {}
+        for i, t in enumerate(self.transforms):
+            for key, value in t.init(params).items():
+                if len(value) != len(params):
+                    raise ValueError(
+                        f"{type(t).__name__}.init returned {len(value)} tensors for {key!r}, "
+                        f"expected one per parameter ({len(params)})"
+                    )
+                state[f"{i}.{key}"] = value
+        return state
+
+    def update(
+        self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
+    ) -> TensorList:
+        for i, t in enumerate(self.transforms):
+            prefix = f"{i}."
+            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            updates = t.update(updates, sub, params, ctx)
+        return updates
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(t) for t in self.transforms)
+        return f"chain({inner})"
+
+
+def chain(*transforms: GradientTransformation) -> Chain:
+    """Compose transforms: ``chain(scale_by_adam(), add_decayed_weights(), scale_by_lr())``."""
+    return Chain(*transforms)

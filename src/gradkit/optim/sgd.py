@@ -1,0 +1,42 @@
+"""SGD with optional heavy-ball or Nesterov momentum and L2 weight decay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gradkit.core.transform import GradientTransformation, chain
+from gradkit.optim._base import RecipeOptimizer
+from gradkit.optim.registry import register_optimizer
+from gradkit.transforms import Momentum, ScaleByLearningRate, l2_regularization
+
+__all__ = ["SGD"]
+
+
+@register_optimizer(
+    "sgd",
+    paper="A Stochastic Approximation Method (Robbins & Monro, 1951); momentum: "
+    "On the importance of initialization and momentum in deep learning",
+    arxiv=None,
+    seed=None,
+)
+class SGD(RecipeOptimizer):
+    """Stochastic gradient descent, matching ``torch.optim.SGD``.
+
+    ``g <- g + wd * p``; ``b <- mu * b + (1 - dampening) * g`` (``b <- g`` at first);
+    ``d = g + mu * b`` (Nesterov) or ``b``; ``p <- p - lr * d``.
+
+    Recipe: ``chain(l2_regularization, Momentum, ScaleByLearningRate)``.
+    """
+
+    default_hyperparameters = {
+        "lr": 1e-3,
+        "momentum": 0.0,
+        "dampening": 0.0,
+        "nesterov": False,
+        "weight_decay": 0.0,
+    }
+
+    def recipe(self, **hp: Any) -> GradientTransformation:
+        if hp["nesterov"] is True and (hp["momentum"] <= 0 or hp["dampening"] != 0):
+            raise ValueError("Nesterov momentum requires momentum > 0 and dampening == 0")
+        return chain(l2_regularization(), Momentum(), ScaleByLearningRate())

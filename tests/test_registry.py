@@ -1,0 +1,62 @@
+"""The optimizer registry."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import gradkit
+
+
+def test_foundation_optimizers_are_listed_with_citations():
+    infos = {i.name: i for i in gradkit.list_optimizers()}
+    for name in ("sgd", "adam", "adamw"):
+        assert name in infos
+    assert infos["adamw"].arxiv_id == "1711.05101"
+    assert "Decoupled Weight Decay" in infos["adamw"].paper_title
+
+
+def test_every_registered_optimizer_has_a_citation_and_defaults():
+    for info in gradkit.list_optimizers():
+        assert info.paper_title, info.name
+        if info.arxiv_id is not None:
+            assert re.fullmatch(r"\d{4}\.\d{4,5}", info.arxiv_id), info
+        if info.seed_id is not None:
+            assert re.fullmatch(r"P\d{3}", info.seed_id), info
+        assert isinstance(info.defaults, dict)
+
+
+def test_every_registered_optimizer_builds_and_steps():
+    for info in gradkit.list_optimizers():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        opt = gradkit.create_optimizer(model, info.name)
+        x, y = torch.randn(16, 4), torch.randn(16, 2)
+
+        def closure(model=model, opt=opt, x=x, y=y):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+
+        before = [p.detach().clone() for p in model.parameters()]
+        for _ in range(3):
+            if info.needs_closure:
+                opt.step(closure)
+            else:
+                closure()
+                opt.step()
+        assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before)), info.name
+        assert all(torch.isfinite(p).all() for p in model.parameters()), info.name
+
+
+def test_names_are_case_and_dash_insensitive():
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert type(gradkit.create_optimizer(params, "AdamW")).__name__ == "AdamW"
+
+
+def test_unknown_name_lists_known_ones():
+    with pytest.raises(KeyError, match="known optimizers:.*adamw"):
+        gradkit.create_optimizer([torch.nn.Parameter(torch.zeros(1))], "adamz")
