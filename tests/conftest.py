@@ -22,3 +22,8 @@ DEVICES = _devices()
 @pytest.fixture(params=DEVICES)
 def device(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+# The test problems are tiny; one intra-op thread avoids oversubscribing the two CI cores
+# (subprocess tests and distributed tests start their own interpreters).
+torch.set_num_threads(1)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from gradkit.core.flat import FlatGroup, encode_hyperparameters, flat_update, make_compiled_update
 from gradkit.core.hyperparams import Hyperparameter, flag, validate_group
 from gradkit.core.transform import Chain, GradientTransformation, SkipStep, StepContext
 
@@ -33,6 +34,10 @@ class ChainOptimizer(Optimizer):
             returns the step to add to the parameters (e.g. ``-lr * direction``).
         defaults: hyperparameter values for groups that do not set them; missing ones take the
             transforms' own defaults. ``maximize=True`` ascends instead of descending.
+        fused: the flat fast path (docs/performance.md). ``None`` (default): on for param
+            groups on CUDA when every transform is ``flat_ok``; ``True``: on wherever possible
+            (also on CPU), compiled with ``torch.compile``; ``"flat"``: flat buffers without
+            compiling (for checks); ``False``: always the eager multi-tensor path.
 
     Example:
         >>> opt = ChainOptimizer(model.parameters(), chain(scale_by_adam(), scale_by_lr()), {"lr": 1e-3})
@@ -43,9 +48,22 @@ class ChainOptimizer(Optimizer):
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         transform: GradientTransformation,
         defaults: Mapping[str, Any] | None = None,
+        *,
+        fused: bool | str | None = None,
     ) -> None:
         if not isinstance(transform, Chain):
             transform = Chain(transform)
+        if fused not in (None, True, False, "flat"):
+            raise ValueError(f"Invalid fused: {fused!r}; fused must be None, True, False or 'flat'")
+        if fused and not transform.flat_ok:
+            bad = [type(t).__name__ for t in transform.transforms if not t.flat_ok]
+            raise ValueError(
+                f"fused={fused!r} needs every transform to be flat_ok; not flat_ok: {bad}"
+            )
+        self.fused = fused
+        self._flat: dict[int, FlatGroup] = {}
+        self._compiled: Any = None
+        self._compile_backend = "inductor"
         self.transform: Chain = transform
         specs = dict(transform.specs())
         specs.setdefault("maximize", _MAXIMIZE)
@@ -88,8 +106,88 @@ class ChainOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            self._step_group(group, closure, loss)
+            if not self._flat_step(group, closure, loss):
+                self._flat.pop(id(group), None)  # eager step: rebuild flat buffers next time
+                self._step_group(group, closure, loss)
         return loss
+
+    # ------------------------------------------------------------------ flat fast path
+    def _flat_mode(self, group: dict[str, Any]) -> str | None:
+        """ "compiled", "eager" or None (eager multi-tensor path) for this group."""
+        if self.fused is False or not self.transform.flat_ok or self.needs_closure:
+            return None
+        if self.fused == "flat":
+            return "eager"
+        if self.fused is None:
+            first = group["params"][0] if group["params"] else None
+            if first is None or first.device.type != "cuda":
+                return None
+        return "compiled"
+
+    def _flat_step(
+        self, group: dict[str, Any], closure: Callable[[], Any] | None, loss: Any
+    ) -> bool:
+        """Step ``group`` on its flat buffers; False if the flat path does not apply now."""
+        mode = self._flat_mode(group)
+        if mode is None:
+            return False
+        fg = self._flat.get(id(group))
+        params = [p for p in group["params"] if p.grad is not None]
+        if fg is None or fg.group is not group or not fg.matches(params):
+            if any(p.grad.is_sparse for p in params):
+                return False  # the eager path raises the clear error
+            fg = FlatGroup.build(group, params, self)
+            if fg is None:
+                return False
+            self._flat[id(group)] = fg
+        fg.adopt_grads()
+        step = fg.step + 1
+        state = {k: [v] for k, v in fg.state_flat.items()}
+        if mode == "compiled" and closure is None:
+            if self._compiled is None:
+                self._compiled = make_compiled_update(self._compile_backend)
+            hp = encode_hyperparameters(group)
+            run, encoded = self._compiled, True
+        else:
+            hp = {k: v for k, v in group.items() if k != "params"}
+            run, encoded = flat_update, False
+        try:
+            run(self.transform, fg.param_flat, fg.grad_flat, state, hp, step, encoded,
+                self, closure, loss)  # fmt: skip
+        except SkipStep:
+            return True
+        for k, v in state.items():  # a transform may have rebound a lazily allocated buffer
+            fg.state_flat[k] = v[0]
+        fg.step = step
+        torch._foreach_add_([self.state[p]["step"] for p in fg.params], 1.0)
+        fg.sync_state_views(self)
+        return True
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradients; those of flat groups are zeroed in place (one pass), see below.
+
+        Parameters on the flat fast path keep their gradients as views into one flat buffer,
+        so their gradients become zero tensors rather than None even with ``set_to_none=True``.
+        """
+        if not self._flat:
+            super().zero_grad(set_to_none)
+            return
+        flat_ids: set[int] = set()
+        for fg in self._flat.values():
+            fg.zero_grad()
+            flat_ids.update(id(p) for p in fg.params)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if id(p) in flat_ids or p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    if p.grad.grad_fn is not None:
+                        p.grad.detach_()
+                    else:
+                        p.grad.requires_grad_(False)
+                    p.grad.zero_()
 
     def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
         params: list[Tensor] = []
@@ -148,6 +246,7 @@ class ChainOptimizer(Optimizer):
     # ------------------------------------------------------------------ state dict
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict; state tensors keep their saved dtype (bit-exact resume)."""
+        self._flat.clear()  # flat buffers are rebuilt from the loaded per-param state
         super().load_state_dict(state_dict)
         saved_groups = state_dict["param_groups"]
         saved_state = state_dict["state"]

@@ -1,0 +1,261 @@
+"""The flat fast path: one contiguous buffer each for a group's params, grads and states.
+
+When every transform of a chain is ``flat_ok`` (its result on one flat concatenation of the
+group's tensors equals the per-tensor result), the optimizer can keep the parameters, gradients
+and every state tensor of a param group as *views* into one flat buffer each, and run the chain
+on one-element lists ``[flat]``. Under ``torch.compile`` the whole chain, plus the final
+``p += step``, becomes one generated kernel: one pass over memory, which is the floor for
+elementwise optimizer math.
+
+Hyperparameters that change every step must not be baked into the compiled code as constants
+(one recompile per step). Python ints (the step number) become dynamic after their first change;
+python floats passed to ``torch._foreach_*`` ops are specialized by dynamo, so every float
+hyperparameter travels into the compiled function as two ints (mantissa and exponent, exact) and
+is rebuilt there as a symbolic float. See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gradkit.core.transform import Chain, StepContext
+
+__all__ = ["FlatGroup", "flat_update", "make_compiled_update"]
+
+_FLOAT_TAG = "__gradkit_float__"
+
+
+class _CompiledContext(StepContext):
+    """Step context for traced code: plain lists, and ``writable`` always copies.
+
+    Copies cost nothing under the compiler (the copy fuses into the kernel), and plain lists
+    avoid the list subclass that the tracer cannot follow.
+    """
+
+    def writable(self, updates: list[Tensor]) -> list[Tensor]:
+        return [u.clone() for u in updates]
+
+    def owned(self, updates: list[Tensor]) -> list[Tensor]:
+        return list(updates)
+
+
+def encode_hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
+    """The group's hyperparameters with every float written as exact ``(tag, mantissa, exp)``."""
+    return {k: _encode(v) for k, v in group.items() if k != "params"}
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, float) and math.isfinite(value):
+        mantissa, exponent = math.frexp(value)
+        return (_FLOAT_TAG, int(mantissa * 2**53), exponent - 53)
+    if isinstance(value, tuple):
+        return tuple(_encode(v) for v in value)
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, tuple) and len(value) == 3 and value[0] == _FLOAT_TAG:
+        return value[1] * 2.0 ** value[2]
+    if isinstance(value, tuple):
+        return tuple(_decode(v) for v in value)
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def flat_update(
+    transform: Chain,
+    param: Tensor,
+    grad: Tensor,
+    state: dict[str, list[Tensor]],
+    hyperparameters: dict[str, Any],
+    step: int,
+    encoded: bool,
+    optimizer: Any = None,
+    closure: Callable[[], Any] | None = None,
+    loss: Any = None,
+) -> None:
+    """Run ``transform`` on one flat buffer and add the step to ``param`` in place."""
+    if encoded:
+        group = {k: _decode(v) for k, v in hyperparameters.items()}
+        ctx: StepContext = _CompiledContext(
+            group=group, steps=[step], grads=[grad], optimizer=optimizer
+        )
+    else:
+        group = hyperparameters
+        ctx = StepContext(
+            group=group, steps=[step], grads=[grad], closure=closure, loss=loss,
+            optimizer=optimizer,
+        )  # fmt: skip
+    updates = torch._foreach_neg([grad]) if group["maximize"] else [grad]
+    updates = transform.update(updates, state, [param], ctx)
+    torch._foreach_add_([param], updates)
+
+
+def make_compiled_update(backend: str = "inductor") -> Callable[..., None]:
+    """A compiled :func:`flat_update` with its own code object, hence its own compile cache.
+
+    Each optimizer gets its own, so that many optimizers in one process do not share (and
+    exhaust) one recompile limit.
+    """
+    fn = flat_update
+    fresh = types.FunctionType(
+        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
+    return torch.compile(fresh, backend=backend)
+
+
+class FlatGroup:
+    """Flat buffers for the params (with grads) of one param group.
+
+    ``params[i].data`` and ``params[i].grad`` are views into ``param_flat`` and ``grad_flat``;
+    ``optimizer.state[params[i]][key]`` is a view into ``state_flat[key]`` once that buffer is
+    allocated (zero-size placeholders stay per parameter until the transform allocates them).
+    """
+
+    def __init__(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        self.group = group
+        self.params = params
+        self.numels = [p.numel() for p in params]
+        self.offsets: list[int] = []
+        total = 0
+        for n in self.numels:
+            self.offsets.append(total)
+            total += n
+        self.total = total
+        self.param_flat: Tensor = torch.empty(0)
+        self.grad_flat: Tensor = torch.empty(0)
+        self.state_flat: dict[str, Tensor] = {}
+        self._viewed: dict[str, tuple[int, int]] = {}
+        self.step: int | None = None
+        self._param_ptrs: list[int] = []
+        self._grad_ptrs: list[int] = []
+
+    # ------------------------------------------------------------------ building
+    @staticmethod
+    def eligible(params: list[Tensor]) -> bool:
+        """Same device and floating dtype, contiguous, dense: what one flat buffer can hold."""
+        if not params:
+            return False
+        p0 = params[0]
+        if not p0.is_floating_point():
+            return False
+        return all(
+            p.device == p0.device
+            and p.dtype == p0.dtype
+            and p.is_contiguous()
+            and not p.is_sparse
+            and p.grad is not None
+            and p.grad.dtype == p.dtype
+            and not p.grad.is_sparse
+            for p in params
+        )
+
+    @classmethod
+    def build(cls, group: dict[str, Any], params: list[Tensor], optimizer: Any) -> FlatGroup | None:
+        """Move ``params``, their grads and their state into flat buffers; None if impossible."""
+        if not cls.eligible(params):
+            return None
+        fg = cls(group, params)
+        states = [optimizer.state[p] for p in params]
+        have = [bool(st) for st in states]
+        if any(have) and not all(have):
+            return None
+        if all(have):
+            steps = {int(st["step"].item()) for st in states}
+            keys = [k for k in states[0] if k != "step"]
+            if len(steps) != 1 or any([k for k in st if k != "step"] != keys for st in states):
+                return None
+            for k in keys:
+                sizes = {st[k].numel() == p.numel() for st, p in zip(states, params)}
+                empty = all(st[k].numel() == 0 for st in states)
+                if not (sizes == {True} or empty):
+                    return None
+            fg.step = steps.pop()
+        p0 = params[0]
+        with torch.no_grad():
+            fg.param_flat = torch.empty(fg.total, dtype=p0.dtype, device=p0.device)
+            fg.grad_flat = torch.empty(fg.total, dtype=p0.dtype, device=p0.device)
+            for p, off, n in zip(params, fg.offsets, fg.numels):
+                fg.param_flat[off : off + n].copy_(p.detach().reshape(-1))
+                fg.grad_flat[off : off + n].copy_(p.grad.reshape(-1))
+            for p, off, n in zip(params, fg.offsets, fg.numels):
+                p.data = fg.param_flat[off : off + n].view_as(p)
+                p.grad = fg.grad_flat[off : off + n].view_as(p)
+        fg._param_ptrs = [p.data_ptr() for p in params]
+        fg._grad_ptrs = [p.grad.data_ptr() for p in params]
+        if fg.step is None:  # fresh state, made on the flat buffer
+            fresh = optimizer.transform.init([fg.param_flat])
+            for k, v in fresh.items():
+                fg.state_flat[k] = v[0]
+            for p in params:
+                optimizer.state[p]["step"] = torch.tensor(0.0, dtype=torch.float32)
+            fg.step = 0
+            for k, flat in fg.state_flat.items():
+                for p, off, n in zip(params, fg.offsets, fg.numels):
+                    optimizer.state[p][k] = (
+                        torch.empty(0, dtype=flat.dtype, device=flat.device)
+                        if flat.numel() == 0
+                        else flat[off : off + n].view_as(p)
+                    )
+        else:
+            for k in [k for k in states[0] if k != "step"]:
+                if states[0][k].numel() == 0 and all(st[k].numel() == 0 for st in states):
+                    fg.state_flat[k] = torch.empty(0, dtype=states[0][k].dtype, device=p0.device)
+                else:
+                    fg.state_flat[k] = torch.cat([st[k].reshape(-1) for st in states])
+        fg.sync_state_views(optimizer)
+        return fg
+
+    def sync_state_views(self, optimizer: Any) -> None:
+        """Point per-parameter state entries at slices of newly allocated flat state buffers."""
+        for k, flat in self.state_flat.items():
+            n = flat.numel()
+            if n == 0:
+                continue
+            if n != self.total:
+                raise RuntimeError(
+                    f"state {k!r} of {optimizer.transform!r} is not elementwise ({n} elements for "
+                    f"{self.total} parameters) although every transform claims flat_ok; pass "
+                    "fused=False"
+                )
+            sig = (flat.data_ptr(), n)
+            if self._viewed.get(k) == sig:
+                continue
+            for p, off, m in zip(self.params, self.offsets, self.numels):
+                optimizer.state[p][k] = flat[off : off + m].view_as(p)
+            self._viewed[k] = sig
+
+    # ------------------------------------------------------------------ per step
+    def matches(self, params: list[Tensor]) -> bool:
+        """True if ``params`` (those with grads this step) are exactly this group's, still ours."""
+        if len(params) != len(self.params):
+            return False
+        for p, q, ptr in zip(params, self.params, self._param_ptrs):
+            if p is not q or p.data_ptr() != ptr:
+                return False
+        return True
+
+    def adopt_grads(self) -> None:
+        """Copy in any grad that is not our view (e.g. after model.zero_grad(set_to_none=True))."""
+        for p, off, n, ptr in zip(self.params, self.offsets, self.numels, self._grad_ptrs):
+            g = p.grad
+            if g.data_ptr() != ptr or g.shape != p.shape:
+                view = self.grad_flat[off : off + n].view_as(p)
+                view.copy_(g)
+                p.grad = view
+
+    def zero_grad(self) -> None:
+        """Zero the flat grad buffer in one pass and make every grad our view again."""
+        self.grad_flat.zero_()
+        for p, off, n, ptr in zip(self.params, self.offsets, self.numels, self._grad_ptrs):
+            if p.grad is None or p.grad.data_ptr() != ptr:
+                p.grad = self.grad_flat[off : off + n].view_as(p)
