@@ -1,0 +1,46 @@
+"""AdaMomentum: Adam whose second moment tracks the momentum instead of the gradient."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gradkit.core.hyperparams import betas, interval
+from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
+
+__all__ = ["ScaleByAdaMomentum"]
+
+
+class ScaleByAdaMomentum(GradientTransformation):
+    """AdaMomentum's direction (the paper's algorithm box).
+
+    ``m <- b1 m + (1-b1) g``; ``v <- b2 v + (1-b2) m^2 + eps`` (eps inside the average, as in
+    the paper); output ``(m / (1-b1^t)) / sqrt(v / (1-b2^t))``. Purely elementwise.
+
+    Wang et al., "Rethinking Adam: A Twofold Exponential Moving Average Approach",
+    arXiv 2106.11514 (seed P268).
+    """
+
+    hyperparameters = (betas("betas", (0.9, 0.999)), interval("eps", 1e-8, 0.0, low_open=True))
+
+    def init(self, params: TensorList) -> State:
+        def zeros() -> TensorList:
+            return [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
+
+        return {"exp_avg": zeros(), "exp_avg_sq": zeros()}
+
+    def update(
+        self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
+    ) -> TensorList:
+        beta1, beta2 = ctx.group["betas"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        torch._foreach_lerp_(m, updates, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, m, m, 1 - beta2)
+        torch._foreach_add_(v, ctx.group["eps"])
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in ctx.steps])
+        out = torch._foreach_div(m, denom)
+        torch._foreach_div_(out, [1 - beta1**t for t in ctx.steps])
+        return ctx.owned(out)

@@ -1,0 +1,53 @@
+"""Adaptive gradient clipping (AGC): clip each unit's gradient relative to its weight norm."""
+
+from __future__ import annotations
+
+import torch
+
+from gradkit.core.hyperparams import interval
+from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
+from gradkit.transforms._unitwise import unit_norm
+
+__all__ = ["AdaptiveGradientClipping"]
+
+_GRAD_NORM_FLOOR = 1e-6
+
+
+class AdaptiveGradientClipping(GradientTransformation):
+    """Unit-wise adaptive gradient clipping.
+
+    For every output unit ``i`` (a row of a linear weight, a filter of a convolution, a whole
+    vector for biases and gains), with ``||.||`` the unit-wise l2 norm::
+
+        max_i = lambda * max(||W_i||, agc_eps)
+        G_i  <- G_i * max_i / max(||G_i||, 1e-6)    if ||G_i|| > max_i,   else G_i
+
+    Hyperparameters: ``agc_clipping_value`` (lambda, > 0, or None to disable) and ``agc_eps``
+    (floor on the weight norm, so zero-initialised weights can move). The paper does not clip
+    the final classifier layer: put it in a param group with ``agc_clipping_value=None``.
+
+    Per-unit reductions, so ``flat_ok`` is False; one small kernel sequence per tensor.
+
+    Brock, De, Smith & Simonyan, "High-Performance Large-Scale Image Recognition Without
+    Normalization", arXiv 2102.06171 (seed P155).
+    """
+
+    flat_ok = False
+    hyperparameters = (
+        interval("agc_clipping_value", 1e-2, 0.0, low_open=True, allow_none=True),
+        interval("agc_eps", 1e-3, 0.0),
+    )
+
+    def update(
+        self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
+    ) -> TensorList:
+        clip = ctx.group["agc_clipping_value"]
+        if clip is None:
+            return updates
+        eps = ctx.group["agc_eps"]
+        out = []
+        for p, g in zip(params, updates):
+            max_norm = unit_norm(p.detach()).clamp_min(eps).mul_(clip)
+            g_norm = unit_norm(g).clamp_min(_GRAD_NORM_FLOOR)
+            out.append(torch.where(g_norm > max_norm, g * (max_norm / g_norm), g))
+        return ctx.owned(out)

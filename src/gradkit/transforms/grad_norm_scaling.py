@@ -1,0 +1,69 @@
+"""Adaptive gradient-norm scaling: rescale each tensor to a running (EMA) estimate of its norm."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gradkit.core.hyperparams import interval
+from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
+from gradkit.transforms._cosine import cosine_decay_factor
+from gradkit.transforms._unitwise import positive_int
+
+__all__ = ["AdaptiveGradNormScaling"]
+
+
+class AdaptiveGradNormScaling(GradientTransformation):
+    """Stable-SPAM's AdaGN, per tensor.
+
+    With ``n = ||g||`` (l2 norm of the tensor) and ``g1 = gamma1 * s_t``::
+
+        m <- g1 m + (1 - g1) n;        v <- gamma2 v + (1 - gamma2) n^2
+        g <- g / n * (m / (1 - g1^t)) / (sqrt(v / (1 - gamma2^t)) + eps)
+
+    ``s_t`` is 1, or with ``t_max`` set the cosine decay from 1 to ``eta_min`` over ``t_max``
+    steps that Stable-SPAM also applies to Adam's beta1. Two scalars of state per tensor. A
+    tensor whose gradient is exactly zero stays zero. Per-tensor reduction, so ``flat_ok`` is
+    False.
+
+    Huang et al., "Stable-SPAM: How to Train in 4-Bit More Stably than 16-Bit Adam",
+    arXiv 2502.17055 (seed P141).
+    """
+
+    flat_ok = False
+    hyperparameters = (
+        interval("gamma1", 0.7, 0.0, 1.0, high_open=True),
+        interval("gamma2", 0.9, 0.0, 1.0, high_open=True),
+        interval("eps", 1e-8, 0.0),
+        positive_int("t_max", None, allow_none=True),
+        interval("eta_min", 0.5, 0.0, 1.0),
+    )
+
+    def init(self, params: TensorList) -> State:
+        return {
+            "norm_avg": [torch.zeros((), dtype=p.dtype, device=p.device) for p in params],
+            "norm_sq_avg": [torch.zeros((), dtype=p.dtype, device=p.device) for p in params],
+        }
+
+    def update(
+        self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
+    ) -> TensorList:
+        group = ctx.group
+        g1 = group["gamma1"] * cosine_decay_factor(ctx.step, group["t_max"], group["eta_min"])
+        g2 = group["gamma2"]
+        norms = torch._foreach_norm(updates)
+        m, v = state["norm_avg"], state["norm_sq_avg"]
+        torch._foreach_lerp_(m, norms, 1.0 - g1)
+        torch._foreach_mul_(v, g2)
+        torch._foreach_addcmul_(v, norms, norms, 1.0 - g2)
+        target = torch._foreach_div(m, [1.0 - g1**t for t in ctx.steps])
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, [math.sqrt(1.0 - g2**t) for t in ctx.steps])
+        torch._foreach_add_(denom, group["eps"])
+        torch._foreach_div_(target, denom)
+        out = []
+        for u, n, c in zip(updates, norms, target):
+            scale = torch.where(n > 0, c / n, torch.zeros_like(c))
+            out.append(u * scale)
+        return ctx.owned(out)

@@ -1,0 +1,96 @@
+"""Steepest-descent directions under a chosen norm (linear minimization oracles).
+
+For a norm ``||.||`` the steepest-descent direction of a gradient ``g`` is the maximizer of
+``<g, d>`` over the unit ball ``||d|| <= 1``; the optimizer steps along its negative (the
+linear minimization oracle over the ball). Per tensor (layer):
+
+- ``"spectral"`` (operator norm of the matrix view): ``d = U V^T`` for ``g = U S V^T``, computed
+  by the Newton-Schulz iteration of :mod:`gradkit.transforms.orthogonalize`: Muon's direction.
+  Vectors are ``(1, n)`` matrices, so their direction is ``g / ||g||_2``.
+- ``"l2"`` (Frobenius norm): ``d = g / ||g||_F``: normalized SGD.
+- ``"linf"`` (max-abs norm): ``d = sign(g)``: sign descent.
+
+Its value ``<g, d>`` is the dual norm of ``g``: nuclear, Frobenius and l1 respectively
+(:func:`dual_norm`). Bernstein & Newhouse, "Old Optimizer, New Norm: An Anthology", arXiv
+2409.20325 (seed P164); Kovalev, "Understanding Gradient Orthogonalization for Deep Learning via
+Non-Euclidean Trust-Region Optimization", arXiv 2503.12645 (seed P189).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from gradkit.core.hyperparams import choice
+from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
+from gradkit.transforms.orthogonalize import QUINTIC, orthogonalize
+
+__all__ = ["NORMS", "steepest_direction", "dual_norm", "SteepestDirection"]
+
+NORMS = ("spectral", "l2", "linf")
+
+
+def steepest_direction(
+    updates: Sequence[Tensor],
+    norm: str,
+    *,
+    ns_steps: int = 5,
+    coefficients: Sequence[float] = QUINTIC,
+    eps: float = 1e-12,
+    dtype: torch.dtype | None = None,
+) -> list[Tensor]:
+    """The unit-norm steepest-ascent direction of every tensor under ``norm`` (see module doc)."""
+    updates = list(updates)
+    if norm == "spectral":
+        return orthogonalize(updates, ns_steps, coefficients, dtype=dtype)
+    if norm == "l2":
+        norms = torch._foreach_norm(updates)
+        torch._foreach_clamp_min_(norms, eps)
+        return torch._foreach_div(updates, norms)
+    if norm == "linf":
+        return torch._foreach_sign(updates)
+    raise ValueError(f"Invalid norm: {norm!r}; norm must be one of {NORMS!r}")
+
+
+def dual_norm(u: Tensor, norm: str) -> Tensor:
+    """The dual norm of ``u``: nuclear (spectral), Frobenius (l2) or l1 (linf), as a 0-d tensor.
+
+    The nuclear norm is computed exactly (singular values in float32) on the matrix view.
+    """
+    if norm == "spectral":
+        m = u.reshape(u.size(0), -1) if u.ndim >= 2 else u.reshape(1, -1)
+        return torch.linalg.matrix_norm(m.float(), ord="nuc").to(u.dtype)
+    if norm == "l2":
+        return torch.linalg.vector_norm(u)
+    if norm == "linf":
+        return torch.linalg.vector_norm(u, ord=1)
+    raise ValueError(f"Invalid norm: {norm!r}; norm must be one of {NORMS!r}")
+
+
+class SteepestDirection(GradientTransformation):
+    """Replace each update by its steepest direction under the group's ``norm``.
+
+    Hyperparameter ``norm`` ("spectral", "l2" or "linf"); with "spectral" also ``ns_steps``
+    (read when present, default 5). Tensors are treated one at a time (layer-wise norms).
+    """
+
+    flat_ok = False
+    hyperparameters = (choice("norm", "spectral", NORMS),)
+
+    def __init__(self, coefficients: Sequence[float] = QUINTIC, dtype: torch.dtype | None = None):
+        self.coefficients = tuple(coefficients)
+        self.dtype = dtype
+
+    def update(
+        self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
+    ) -> TensorList:
+        out = steepest_direction(
+            updates,
+            ctx.group["norm"],
+            ns_steps=int(ctx.group.get("ns_steps", 5)),
+            coefficients=self.coefficients,
+            dtype=self.dtype,
+        )
+        return ctx.owned(out)

@@ -1,0 +1,49 @@
+"""Adam's bias-corrected moment ratio with an optional Nesterov look-ahead (AdamP's option)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gradkit.core.hyperparams import flag
+from gradkit.core.transform import State, StepContext, TensorList
+from gradkit.transforms.moments import ScaleByAdam
+
+__all__ = ["ScaleByAdamNesterov"]
+
+
+class ScaleByAdamNesterov(ScaleByAdam):
+    """``ScaleByAdam`` (without amsgrad) whose numerator may look ahead.
+
+    ``nesterov=False``: ``(m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)``, exactly ScaleByAdam.
+    ``nesterov=True``: numerator ``b1 m + (1-b1) g`` instead of ``m`` (after the moment
+    updates), as in the AdamP authors' code (Heo et al., arXiv 2006.08217, seed P024).
+    Elementwise.
+    """
+
+    hyperparameters = (*ScaleByAdam.hyperparameters[:2], flag("nesterov", False))
+
+    def init(self, params: TensorList) -> State:
+        state = super().init(params)
+        del state["max_exp_avg_sq"]
+        return state
+
+    def update(
+        self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
+    ) -> TensorList:
+        beta1, beta2 = ctx.group["betas"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        torch._foreach_lerp_(m, updates, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, updates, updates, 1 - beta2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in ctx.steps])
+        torch._foreach_add_(denom, ctx.group["eps"])
+        if ctx.group["nesterov"]:
+            out = torch._foreach_lerp(m, updates, 1 - beta1)
+            torch._foreach_div_(out, denom)
+        else:
+            out = torch._foreach_div(m, denom)
+        torch._foreach_div_(out, [1 - beta1**t for t in ctx.steps])
+        return ctx.owned(out)

@@ -1,0 +1,85 @@
+"""Run one of two transforms per param group, chosen by a boolean group key.
+
+Used by the geometry-aware optimizers: groups with ``use_muon=True`` take the matrix update,
+the others AdamW, inside one torch optimizer (one ``state_dict``, schedulers see every group).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gradkit.core.hyperparams import Hyperparameter, flag
+from gradkit.core.transform import Chain, GradientTransformation, State, StepContext, TensorList
+
+__all__ = ["PartitionByFlag"]
+
+
+class PartitionByFlag(GradientTransformation):
+    """``when_true`` for groups whose ``key`` is True, ``when_false`` for the others.
+
+    State of both branches is declared for every parameter (keys ``"T.<...>"`` and
+    ``"F.<...>"``) as zero-size placeholders; the branch a parameter uses allocates its real
+    state on the parameter's first step, so no memory is spent on the other branch.
+    """
+
+    flat_ok = False
+
+    def __init__(
+        self,
+        key: str,
+        when_true: GradientTransformation,
+        when_false: GradientTransformation,
+        default: bool = True,
+    ) -> None:
+        self.key = key
+        self.branches = {"T": Chain(when_true), "F": Chain(when_false)}
+        self._flag = flag(key, default)
+
+    @property
+    def needs_closure(self) -> bool:  # type: ignore[override]
+        return any(b.needs_closure for b in self.branches.values())
+
+    def specs(self) -> dict[str, Hyperparameter]:
+        out = dict(self.branches["F"].specs())
+        out.update(self.branches["T"].specs())
+        out[self.key] = self._flag
+        return out
+
+    def init(self, params: TensorList) -> State:
+        state: State = {}
+        lazy = [type(p) in (torch.Tensor, torch.nn.Parameter) for p in params]
+        meta = [torch.empty(p.shape, dtype=p.dtype, device="meta") for p in params]
+        for tag, branch in self.branches.items():
+            placeholders = branch.init(meta)
+            # tensor subclasses (DTensor under FSDP2) cannot be resized in place: their state
+            # is allocated at once, for both branches
+            real = branch.init([p for p, z in zip(params, lazy) if not z]) if not all(lazy) else {}
+            for k, values in placeholders.items():
+                it = iter(real.get(k, []))
+                state[f"{tag}.{k}"] = [
+                    torch.empty(0, dtype=v.dtype, device=p.device) if z else next(it)
+                    for v, p, z in zip(values, params, lazy)
+                ]
+        return state
+
+    def update(
+        self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
+    ) -> TensorList:
+        tag = "T" if ctx.group[self.key] else "F"
+        branch = self.branches[tag]
+        prefix = f"{tag}."
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        fresh = [
+            i
+            for i, s in enumerate(ctx.steps)
+            if s == 1 and type(params[i]) in (torch.Tensor, torch.nn.Parameter)
+        ]
+        if fresh:  # first step of these parameters: allocate the branch's real state
+            real = branch.init([params[i] for i in fresh])
+            for k, values in real.items():
+                for j, i in enumerate(fresh):
+                    sub[k][i].resize_as_(values[j]).copy_(values[j])
+        return branch.update(updates, sub, params, ctx)
+
+    def __repr__(self) -> str:
+        return f"PartitionByFlag({self.key!r}, {self.branches['T']!r}, {self.branches['F']!r})"

@@ -1,0 +1,103 @@
+"""Positive-negative momentum with an AMSGrad denominator (AdaPNM), as used by Ranger21."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.nn.functional import softplus
+
+from gradkit.core.hyperparams import betas, flag, interval
+from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
+
+__all__ = ["ScaleByAdaPNM"]
+
+
+class ScaleByAdaPNM(GradientTransformation):
+    """Adaptive positive-negative momentum.
+
+    Two momentum buffers take the gradient on alternate steps, each with decay ``b1^2``; at step
+    ``t`` the one updated now is ``m_t`` and the other ``m_{t-1}``::
+
+        m_t  <- b1^2 m_t + (1 - b1^2) g
+        pn   = ((1 + b0) m_t - b0 m_{t-1}) / sqrt((1 + b0)^2 + b0^2)
+        v    <- b2 v + (1 - b2) g^2;     v_max <- max(v_max, v)        (amsgrad)
+        d    = sqrt(v_max) / sqrt(1 - b2^t) + eps;   d <- softplus(d, beta_softplus) (use_softplus)
+        out  = pn / d / (1 - b1^t)
+
+    Hyperparameters: ``betas`` (b1, b2), ``beta0`` (b0 >= 0, the noise amplitude of the
+    negative momentum), ``eps``, ``amsgrad``, ``use_softplus`` and ``beta_softplus`` (the
+    softplus smoothing of the denominator that Ranger21 adds, after Tong et al., arXiv
+    1908.00700). The mean of ``v / (1 - b2^t)`` over the group is available to a following
+    :class:`~gradkit.transforms.stable_weight_decay.StableWeightDecay` through
+    :meth:`mean_second_moment`.
+
+    Xie, Yuan, Zhou, Sato & Sugiyama, "Positive-Negative Momentum: Manipulating Stochastic
+    Gradient Noise to Improve Generalization", arXiv 2103.17182; used by Wright & Demeure,
+    "Ranger21", arXiv 2106.13731 (seed P306).
+    """
+
+    hyperparameters = (
+        betas("betas", (0.9, 0.999)),
+        interval("beta0", 1.0, 0.0),
+        interval("eps", 1e-8, 0.0),
+        flag("amsgrad", True),
+        flag("use_softplus", False),
+        interval("beta_softplus", 50.0, 0.0, low_open=True),
+    )
+
+    def __init__(self) -> None:
+        self._last: tuple[TensorList, list[float]] | None = None
+
+    def init(self, params: TensorList) -> State:
+        return {
+            "pos_exp_avg": [torch.zeros_like(p) for p in params],
+            "neg_exp_avg": [torch.zeros_like(p) for p in params],
+            "exp_avg_sq": [torch.zeros_like(p) for p in params],
+            "max_exp_avg_sq": [torch.empty(0, dtype=p.dtype, device=p.device) for p in params],
+        }
+
+    def update(
+        self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
+    ) -> TensorList:
+        group = ctx.group
+        beta1, beta2 = group["betas"]
+        beta0 = group["beta0"]
+        odd = [t % 2 == 1 for t in ctx.steps]
+        pos, neg = state["pos_exp_avg"], state["neg_exp_avg"]
+        cur = [p if o else n for p, n, o in zip(pos, neg, odd)]
+        other = [n if o else p for p, n, o in zip(pos, neg, odd)]
+        torch._foreach_lerp_(cur, updates, 1.0 - beta1**2)
+        pn = torch._foreach_mul(cur, (1.0 + beta0) / math.hypot(1.0 + beta0, beta0))
+        torch._foreach_add_(pn, other, alpha=-beta0 / math.hypot(1.0 + beta0, beta0))
+
+        v = state["exp_avg_sq"]
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, updates, updates, 1.0 - beta2)
+        bc2 = [1.0 - beta2**t for t in ctx.steps]
+        self._last = (v, bc2)
+        vv = v
+        if group["amsgrad"]:
+            vmax = state["max_exp_avg_sq"]
+            for buf, cur_v in zip(vmax, v):
+                if buf.numel() == 0 and cur_v.numel() > 0:
+                    buf.resize_as_(cur_v).zero_()
+            torch._foreach_maximum_(vmax, v)
+            vv = vmax
+        denom = torch._foreach_sqrt(vv)
+        torch._foreach_div_(denom, [math.sqrt(b) for b in bc2])
+        torch._foreach_add_(denom, group["eps"])
+        if group["use_softplus"]:
+            denom = [softplus(d, beta=group["beta_softplus"]) for d in denom]
+        torch._foreach_div_(pn, denom)
+        torch._foreach_div_(pn, [1.0 - beta1**t for t in ctx.steps])
+        return ctx.owned(pn)
+
+    def mean_second_moment(self) -> Tensor:
+        """Mean over all entries of the group of ``v / (1 - b2^t)`` from the latest update."""
+        if self._last is None:
+            raise RuntimeError("ScaleByAdaPNM.mean_second_moment called before any update")
+        v, bc2 = self._last
+        total = torch.stack([(x.sum() / b).float() for x, b in zip(v, bc2)]).sum()
+        return total / sum(x.numel() for x in v)

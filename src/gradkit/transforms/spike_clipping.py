@@ -1,0 +1,47 @@
+"""Adaptive spike clipping: clip entries above a running (EMA) maximum of the gradient."""
+
+from __future__ import annotations
+
+import torch
+
+from gradkit.core.hyperparams import interval
+from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
+
+__all__ = ["AdaptiveSpikeClipping"]
+
+
+class AdaptiveSpikeClipping(GradientTransformation):
+    """Stable-SPAM's AdaClip, per tensor.
+
+    With ``M_t = max|g_t|`` (over the tensor)::
+
+        m <- theta m + (1 - theta) M_t;     T = m / (1 - theta^t)
+        g <- g * T / M_t   where |g| > T,   else g
+
+    so spiking entries keep their sign and are rescaled to at most the running maximum ``T``
+    (bias-corrected EMA of past per-tensor maxima). One scalar of state per tensor.
+    Hyperparameter ``theta`` in [0, 1). Per-tensor reduction, so ``flat_ok`` is False.
+
+    Huang, Hu, Jaiswal, Wang, Yin, Liu, Yan & Liu, "Stable-SPAM: How to Train in 4-Bit More
+    Stably than 16-Bit Adam", arXiv 2502.17055 (seed P141).
+    """
+
+    flat_ok = False
+    hyperparameters = (interval("theta", 0.999, 0.0, 1.0, high_open=True),)
+
+    def init(self, params: TensorList) -> State:
+        return {"max_avg": [torch.zeros((), dtype=p.dtype, device=p.device) for p in params]}
+
+    def update(
+        self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
+    ) -> TensorList:
+        theta = ctx.group["theta"]
+        maxes = torch._foreach_norm(updates, float("inf"))
+        avg = state["max_avg"]
+        torch._foreach_lerp_(avg, maxes, 1.0 - theta)
+        thresholds = torch._foreach_div(avg, [1.0 - theta**t for t in ctx.steps])
+        out = [
+            torch.where(u.abs() > thr, u * (thr / mx), u)
+            for u, thr, mx in zip(updates, thresholds, maxes)
+        ]
+        return ctx.owned(out)

@@ -1,0 +1,237 @@
+"""Shared helpers of the batch-A optimizer tests: small random problems and trajectory runs."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+Factory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+GradFn = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: intra-op threads only add contention (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def one_thread(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _one_thread():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def mlp_problem(seed: int = 0, dtype: torch.dtype = torch.float64) -> tuple[nn.Module, Callable]:
+    """A small MLP regression; the first layer feeds a batch norm, so its rows are scale-invariant."""
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(
+        nn.Linear(6, 12, bias=False),
+        nn.BatchNorm1d(12, affine=False),
+        nn.Tanh(),
+        nn.Linear(12, 3),
+    ).to(dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
+    # drawn in float64 and cast, so every dtype sees the same problem
+    x = torch.randn(48, 6, generator=g, dtype=torch.float64).to(dtype)
+    y = torch.randn(48, 3, generator=g, dtype=torch.float64).to(dtype)
+
+    def loss_fn(m: nn.Module) -> torch.Tensor:
+        return nn.functional.mse_loss(m(x), y)
+
+    return model, loss_fn
+
+
+def quadratic_problem(
+    seed: int = 1, dtype: torch.dtype = torch.float64
+) -> tuple[list[torch.Tensor], GradFn]:
+    """``f(W, b) = 0.5 vec^T A vec - c^T vec`` with a random SPD ``A``; params a 4x5 matrix and a vector."""
+    g = torch.Generator().manual_seed(seed)
+    n = 25
+    f64 = torch.float64
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=f64))
+    a = (q @ torch.diag(torch.logspace(-1, 1, n, dtype=f64)) @ q.T).to(dtype)
+    c = torch.randn(n, generator=g, dtype=f64).to(dtype)
+    params = [
+        torch.randn(4, 5, generator=g, dtype=f64).to(dtype),
+        torch.randn(5, generator=g, dtype=f64).to(dtype),
+    ]
+
+    def grads(ps: list[torch.Tensor]) -> list[torch.Tensor]:
+        vec = torch.cat([p.reshape(-1) for p in ps])
+        gv = a @ vec - c
+        return [gv[:20].reshape(4, 5), gv[20:]]
+
+    return params, grads
+
+
+@one_thread
+def run_torch(
+    factory: Factory,
+    steps: int = 120,
+    problem: str = "mlp",
+    dtype: torch.dtype = torch.float64,
+    record_every: int = 10,
+) -> list[list[torch.Tensor]]:
+    """Train with a torch optimizer; return snapshots of all parameters every ``record_every`` steps."""
+    snaps: list[list[torch.Tensor]] = []
+    if problem == "mlp":
+        model, loss_fn = mlp_problem(dtype=dtype)
+        params = list(model.parameters())
+        opt = factory(params)
+        for t in range(steps):
+            opt.zero_grad()
+            loss_fn(model).backward()
+            opt.step()
+            if (t + 1) % record_every == 0:
+                snaps.append([p.detach().clone() for p in params])
+        return snaps
+    init, grad_fn = quadratic_problem(dtype=dtype)
+    params = [p.clone().requires_grad_(True) for p in init]
+    opt = factory(params)
+    for t in range(steps):
+        with torch.no_grad():
+            for p, gr in zip(params, grad_fn([p.detach() for p in params])):
+                p.grad = gr
+        opt.step()
+        if (t + 1) % record_every == 0:
+            snaps.append([p.detach().clone() for p in params])
+    return snaps
+
+
+@one_thread
+def run_manual(
+    step_fn: Callable[[list[torch.Tensor], list[torch.Tensor], dict], list[torch.Tensor]],
+    steps: int = 120,
+    problem: str = "mlp",
+    dtype: torch.dtype = torch.float64,
+    record_every: int = 10,
+) -> list[list[torch.Tensor]]:
+    """Train with a written-out update ``step_fn(params, grads, state) -> new params``."""
+    snaps: list[list[torch.Tensor]] = []
+    state: dict = {}
+    if problem == "mlp":
+        model, loss_fn = mlp_problem(dtype=dtype)
+        params = list(model.parameters())
+
+        def grads_of(ps: list[torch.Tensor]) -> list[torch.Tensor]:
+            for p in params:
+                p.grad = None
+            loss_fn(model).backward()
+            return [p.grad.detach().clone() for p in params]
+    else:
+        init, grad_fn = quadratic_problem(dtype=dtype)
+        params = [p.clone() for p in init]
+
+        def grads_of(ps: list[torch.Tensor]) -> list[torch.Tensor]:
+            return grad_fn([p.detach() for p in ps])
+
+    for t in range(steps):
+        gs = grads_of(params)
+        with torch.no_grad():
+            new = step_fn([p.detach().clone() for p in params], gs, state)
+            for p, n in zip(params, new):
+                p.copy_(n)
+        if (t + 1) % record_every == 0:
+            snaps.append([p.detach().clone() for p in params])
+    return snaps
+
+
+def run_optax(
+    tx, steps: int = 120, problem: str = "mlp", record_every: int = 10
+) -> list[list[torch.Tensor]]:
+    """Train in float64 with an optax transformation; gradients come from torch."""
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    import optax
+
+    with jax.enable_x64(True):
+        import jax.numpy as jnp
+
+        state_holder: dict = {}
+
+        def step_fn(ps: list[torch.Tensor], gs: list[torch.Tensor], _: dict) -> list[torch.Tensor]:
+            jp = [jnp.asarray(p.numpy()) for p in ps]
+            jg = [jnp.asarray(g.numpy()) for g in gs]
+            if "opt" not in state_holder:
+                state_holder["opt"] = tx.init(jp)
+            upd, state_holder["opt"] = tx.update(jg, state_holder["opt"], jp)
+            new = optax.apply_updates(jp, upd)
+            return [torch.from_numpy(np.asarray(n, dtype=np.float64).copy()) for n in new]
+
+        return run_manual(step_fn, steps, problem, torch.float64, record_every)
+
+
+def assert_trajectories_close(
+    got: list[list[torch.Tensor]], want: list[list[torch.Tensor]], rtol: float, atol: float
+) -> None:
+    assert len(got) == len(want) and got
+    for k, (a, b) in enumerate(zip(got, want)):
+        for i, (x, y) in enumerate(zip(a, b)):
+            torch.testing.assert_close(
+                x, y, rtol=rtol, atol=atol, msg=lambda m, k=k, i=i: f"snapshot {k}, param {i}: {m}"
+            )
+
+
+def assert_moves(snaps: list[list[torch.Tensor]], problem: str = "mlp") -> None:
+    """Guard against a vacuous comparison: the parameters must have changed."""
+    if problem == "mlp":
+        model, _ = mlp_problem(dtype=snaps[0][0].dtype)
+        init = [p.detach() for p in model.parameters()]
+    else:
+        init, _ = quadratic_problem(dtype=snaps[0][0].dtype)
+    moved = max(float((a - b).abs().max()) for a, b in zip(snaps[-1], init))
+    assert moved > 1e-3
+
+
+@one_thread
+def check_resume(factory: Factory, steps: int = 30) -> None:
+    """30 steps, save, load into a fresh optimizer and model copy, 30 more: bit-identical."""
+    model, loss_fn = mlp_problem(dtype=torch.float32)
+    ref = copy.deepcopy(model)
+    opt_ref = factory(list(ref.parameters()))
+    for _ in range(2 * steps):
+        opt_ref.zero_grad()
+        loss_fn(ref).backward()
+        opt_ref.step()
+    opt = factory(list(model.parameters()))
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(model).backward()
+        opt.step()
+    saved_opt = copy.deepcopy(opt.state_dict())
+    saved_model = copy.deepcopy(model.state_dict())
+    fresh, _ = mlp_problem(seed=5, dtype=torch.float32)
+    fresh.load_state_dict(saved_model)
+    opt2 = factory(list(fresh.parameters()))
+    opt2.load_state_dict(saved_opt)
+    for _ in range(steps):
+        opt2.zero_grad()
+        loss_fn(fresh).backward()
+        opt2.step()
+    for a, b in zip(fresh.parameters(), ref.parameters()):
+        assert torch.equal(a, b)
+
+
+def check_bad_hyperparameters(cls: type, cases: list[tuple[str, object]]) -> None:
+    """Each (name, bad value) raises ValueError naming the hyperparameter, at construction."""
+    p = [torch.zeros(2, requires_grad=True)]
+    for name, value in cases:
+        with pytest.raises(ValueError, match=name):
+            cls(p, **{name: value})

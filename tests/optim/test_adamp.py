@@ -1,0 +1,132 @@
+"""AdamP (P024) against torch-optimizer, pytorch-optimizer and the authors' algorithm written out."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gradkit.optim.adamp import AdamP
+
+from ._batch_a_invariance import norm_growth
+from ._batch_a_util import (
+    assert_moves,
+    assert_trajectories_close,
+    check_bad_hyperparameters,
+    check_resume,
+    run_manual,
+    run_torch,
+)
+
+LR, WD = 3e-3, 1e-2
+
+
+def project(p, g, u, delta, wd_ratio, eps):
+    """The paper's projection: per output channel, else whole tensor; returns (u, wd ratio)."""
+    if p.dim() <= 1:
+        return u, 1.0
+    for view in (lambda t: t.reshape(t.shape[0], -1), lambda t: t.reshape(1, -1)):
+        cos = F.cosine_similarity(view(g), view(p), dim=1, eps=eps).abs()
+        if cos.max() < delta / math.sqrt(view(p).shape[1]):
+            p_hat = view(p) / (view(p).norm(dim=1, keepdim=True) + eps)
+            radial = (p_hat * view(u)).sum(dim=1, keepdim=True)
+            return u - (p_hat * radial).reshape(u.shape), wd_ratio
+    return u, 1.0
+
+
+def written_out(lr, b1, b2, eps, wd, delta=0.1, wd_ratio=0.1, nesterov=False, hits=None):
+    def step(ps, gs, st):
+        st["t"] = st.get("t", 0) + 1
+        t = st["t"]
+        out = []
+        for i, (p, g) in enumerate(zip(ps, gs)):
+            m, v = st.get(i, (torch.zeros_like(p), torch.zeros_like(p)))
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            st[i] = (m, v)
+            num = b1 * m + (1 - b1) * g if nesterov else m
+            d = num / (1 - b1**t) / ((v / (1 - b2**t)).sqrt() + eps)
+            d, ratio = project(p, g, d, delta, wd_ratio, eps)
+            if hits is not None and ratio != 1.0:
+                hits.append(i)
+            out.append(p * (1 - lr * wd * ratio) - lr * d)
+        return out
+
+    return step
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("problem", ["mlp", "quadratic"])
+def test_matches_written_out(problem: str, nesterov: bool) -> None:
+    hits: list[int] = []
+    got = run_torch(lambda p: AdamP(p, lr=LR, weight_decay=WD, nesterov=nesterov), problem=problem)
+    want = run_manual(
+        written_out(LR, 0.9, 0.999, 1e-8, WD, nesterov=nesterov, hits=hits), problem=problem
+    )
+    assert_moves(got, problem)
+    if problem == "mlp":
+        assert 0 in hits  # the batch-normalized layer is projected
+    assert_trajectories_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("problem", ["mlp", "quadratic"])
+def test_matches_torch_optimizer(problem: str, nesterov: bool) -> None:
+    torch_optimizer = pytest.importorskip("torch_optimizer")
+    got = run_torch(lambda p: AdamP(p, lr=LR, weight_decay=WD, nesterov=nesterov), problem=problem)
+    want = run_torch(
+        lambda p: torch_optimizer.AdamP(p, lr=LR, weight_decay=WD, nesterov=nesterov),
+        problem=problem,
+    )
+    assert_trajectories_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("problem", ["mlp", "quadratic"])
+def test_matches_pytorch_optimizer(problem: str) -> None:
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+    # pytorch-optimizer adds eps to sqrt(v) before bias correction: eps=1e-12 makes it immaterial
+    # (the projection's own eps is then 1e-12 in both)
+    got = run_torch(lambda p: AdamP(p, lr=LR, eps=1e-12, weight_decay=WD), problem=problem)
+    want = run_torch(
+        lambda p: pytorch_optimizer.AdamP(p, lr=LR, eps=1e-12, weight_decay=WD), problem=problem
+    )
+    assert_trajectories_close(got, want, rtol=1e-8, atol=1e-10)
+
+
+def test_float32() -> None:
+    got = run_torch(lambda p: AdamP(p, lr=LR, weight_decay=WD), dtype=torch.float32)
+    want = run_manual(written_out(LR, 0.9, 0.999, 1e-8, WD))
+    assert_trajectories_close([[x.double() for x in s] for s in got], want, rtol=1e-4, atol=1e-5)
+
+
+def test_keeps_scale_invariant_norm_from_growing() -> None:
+    adam_growth, adam_loss = norm_growth(lambda p, lr: torch.optim.Adam(p, lr=lr), lr=0.01)
+    adamp_growth, adamp_loss = norm_growth(lambda p, lr: AdamP(p, lr=lr), lr=0.01)
+    assert adam_growth > 1.03  # Adam inflates the norm of the scale-invariant weight
+    assert adamp_growth - 1 < 0.1 * (adam_growth - 1)
+    assert adamp_loss < 1.1 * adam_loss  # same effective direction: training is not hurt
+
+
+def test_flat_ok_is_false() -> None:
+    assert not AdamP([torch.zeros(2, 2, requires_grad=True)]).transform.flat_ok
+
+
+def test_bad_hyperparameters() -> None:
+    check_bad_hyperparameters(
+        AdamP,
+        [
+            ("lr", -1.0),
+            ("betas", (0.9, 1.0)),
+            ("eps", -1.0),
+            ("weight_decay", -1.0),
+            ("delta", 0.0),
+            ("wd_ratio", 1.5),
+            ("nesterov", 1),
+        ],
+    )
+
+
+def test_resume_bit_exact() -> None:
+    check_resume(lambda p: AdamP(p, lr=LR, weight_decay=WD))

@@ -1,0 +1,101 @@
+"""diffGrad (P014) against torch-optimizer, pytorch-optimizer and the paper's update written out."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gradkit.optim.diffgrad import DiffGrad
+
+from ._batch_a_util import (
+    assert_moves,
+    assert_trajectories_close,
+    check_bad_hyperparameters,
+    check_resume,
+    run_manual,
+    run_torch,
+)
+
+LR = 3e-3
+
+
+def paper_diffgrad(lr: float, b1: float, b2: float, eps: float, wd: float):
+    """diffGrad as in the paper: Adam's bias-corrected ratio times sigmoid(|g_{t-1} - g_t|)."""
+
+    def step(ps, gs, st):
+        st["t"] = st.get("t", 0) + 1
+        t = st["t"]
+        out = []
+        for i, (p, g) in enumerate(zip(ps, gs)):
+            g = g + wd * p
+            m, v, prev = st.get(i, (torch.zeros_like(p), torch.zeros_like(p), torch.zeros_like(p)))
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            xi = 1 / (1 + torch.exp(-(prev - g).abs()))
+            m_hat = m / (1 - b1**t)
+            v_hat = v / (1 - b2**t)
+            out.append(p - lr * xi * m_hat / (v_hat.sqrt() + eps))
+            st[i] = (m, v, g)
+        return out
+
+    return step
+
+
+@pytest.mark.parametrize("problem", ["mlp", "quadratic"])
+def test_matches_paper_algorithm(problem: str) -> None:
+    got = run_torch(lambda p: DiffGrad(p, lr=LR, weight_decay=1e-2), problem=problem)
+    want = run_manual(paper_diffgrad(LR, 0.9, 0.999, 1e-8, 1e-2), problem=problem)
+    assert_moves(got, problem)
+    assert_trajectories_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("problem", ["mlp", "quadratic"])
+def test_matches_torch_optimizer(problem: str) -> None:
+    torch_optimizer = pytest.importorskip("torch_optimizer")
+    # the library adds eps to sqrt(v) before bias correction; eps=1e-12 makes that immaterial
+    got = run_torch(lambda p: DiffGrad(p, lr=LR, eps=1e-12, weight_decay=1e-2), problem=problem)
+    want = run_torch(
+        lambda p: torch_optimizer.DiffGrad(p, lr=LR, eps=1e-12, weight_decay=1e-2), problem=problem
+    )
+    assert_trajectories_close(got, want, rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("problem", ["mlp", "quadratic"])
+def test_matches_pytorch_optimizer(problem: str) -> None:
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+    got = run_torch(lambda p: DiffGrad(p, lr=LR, eps=1e-12, weight_decay=1e-2), problem=problem)
+    want = run_torch(
+        lambda p: pytorch_optimizer.DiffGrad(
+            p, lr=LR, eps=1e-12, weight_decay=1e-2, weight_decouple=False
+        ),
+        problem=problem,
+    )
+    assert_trajectories_close(got, want, rtol=1e-8, atol=1e-9)
+
+
+def test_float32_close_to_float64() -> None:
+    got = run_torch(lambda p: DiffGrad(p, lr=LR), dtype=torch.float32)
+    want = run_manual(paper_diffgrad(LR, 0.9, 0.999, 1e-8, 0.0))
+    assert_trajectories_close([[x.double() for x in s] for s in got], want, rtol=1e-4, atol=1e-5)
+
+
+def test_friction_halves_the_first_step_of_a_tiny_gradient() -> None:
+    # g_0 = 0, so xi_1 = sigmoid(|g_1|) ~ 1/2 for a tiny gradient: half of Adam's first step
+    p = torch.zeros(3, requires_grad=True)
+    opt = DiffGrad([p], lr=0.1)
+    p.grad = torch.full((3,), 1e-4)
+    opt.step()
+    assert torch.allclose(p.detach(), torch.full((3,), -0.05), rtol=1e-3)
+    assert math.isclose(float(p.detach()[0]), -0.1 / (1 + math.exp(-1e-4)), rel_tol=1e-3)
+
+
+def test_bad_hyperparameters() -> None:
+    check_bad_hyperparameters(
+        DiffGrad, [("lr", -1.0), ("betas", (1.0, 0.9)), ("eps", -1e-8), ("weight_decay", -1.0)]
+    )
+
+
+def test_resume_bit_exact() -> None:
+    check_resume(lambda p: DiffGrad(p, lr=LR, weight_decay=1e-2))

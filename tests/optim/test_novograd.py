@@ -1,0 +1,124 @@
+"""NovoGrad (P245) against pytorch-optimizer, torch-optimizer, optax and the paper's Algorithm 1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradkit.optim.novograd import NovoGrad
+
+from ._batch_a_util import (
+    assert_moves,
+    assert_trajectories_close,
+    check_bad_hyperparameters,
+    check_resume,
+    run_manual,
+    run_optax,
+    run_torch,
+)
+
+LR, WD, BETAS = 1e-2, 1e-3, (0.95, 0.98)
+
+
+def paper_novograd(lr: float, b1: float, b2: float, eps: float, wd: float):
+    """Algorithm 1: per layer v = ||g||^2 (then EMA), m = g / (sqrt(v) + eps) + wd w (then b1 m + ...)."""
+
+    def step(ps, gs, st):
+        out = []
+        for i, (p, g) in enumerate(zip(ps, gs)):
+            sq = float((g * g).sum())
+            if i not in st:
+                v = sq
+                m = g / (v**0.5 + eps) + wd * p
+            else:
+                m, v = st[i]
+                v = b2 * v + (1 - b2) * sq
+                m = b1 * m + g / (v**0.5 + eps) + wd * p
+            st[i] = (m, v)
+            out.append(p - lr * m)
+        return out
+
+    return step
+
+
+def novograd(p):
+    return NovoGrad(p, lr=LR, betas=BETAS, weight_decay=WD)
+
+
+@pytest.mark.parametrize("problem", ["mlp", "quadratic"])
+def test_matches_paper_algorithm(problem: str) -> None:
+    got = run_torch(novograd, problem=problem)
+    want = run_manual(paper_novograd(LR, *BETAS, 1e-8, WD), problem=problem)
+    assert_moves(got, problem)
+    assert_trajectories_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("problem", ["mlp", "quadratic"])
+def test_matches_pytorch_optimizer(problem: str) -> None:
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+    got = run_torch(novograd, problem=problem)
+    want = run_torch(
+        lambda p: pytorch_optimizer.NovoGrad(p, lr=LR, betas=BETAS, weight_decay=WD),
+        problem=problem,
+    )
+    assert_trajectories_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("problem", ["mlp", "quadratic"])
+def test_matches_torch_optimizer(problem: str) -> None:
+    torch_optimizer = pytest.importorskip("torch_optimizer")
+    got = run_torch(novograd, problem=problem)
+    want = run_torch(
+        lambda p: torch_optimizer.NovoGrad(p, lr=LR, betas=BETAS, weight_decay=WD),
+        problem=problem,
+    )
+    # torch-optimizer keeps the layer norm in a float32 scalar even for float64 parameters
+    assert_trajectories_close(got, want, rtol=1e-5, atol=1e-6)  # so: float32 tolerance
+
+
+def test_matches_optax() -> None:
+    optax = pytest.importorskip("optax")
+    got = run_torch(novograd)
+    want = run_optax(optax.novograd(LR, b1=BETAS[0], b2=BETAS[1], eps=1e-8, weight_decay=WD))
+    assert_trajectories_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_float32() -> None:
+    got = run_torch(novograd, dtype=torch.float32)
+    want = run_manual(paper_novograd(LR, *BETAS, 1e-8, WD))
+    assert_trajectories_close([[x.double() for x in s] for s in got], want, rtol=1e-4, atol=1e-5)
+
+
+def test_second_moment_is_one_scalar_per_layer() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Linear(7, 2))
+    opt = NovoGrad(model.parameters(), lr=LR)
+    model(torch.randn(3, 5)).sum().backward()
+    opt.step()
+    for p in model.parameters():
+        st = opt.state[p]
+        assert st["0.exp_avg_sq"].shape == ()
+        assert st["0.exp_avg"].shape == p.shape
+        full = [k for k, v in st.items() if k != "step" and v.numel() > 1]
+        assert full == ["0.exp_avg"]  # the only full-size buffer: half of Adam's state
+    assert not opt.transform.flat_ok
+
+
+def test_layer_scale_invariance() -> None:
+    # layer-wise normalization: scaling one layer's gradient by 1000 leaves its step unchanged
+    w1, w2 = torch.zeros(4, requires_grad=True), torch.zeros(4, requires_grad=True)
+    opt = NovoGrad([w1, w2], lr=0.1)
+    g = torch.tensor([1.0, -2.0, 3.0, 0.5])
+    for _ in range(5):
+        w1.grad, w2.grad = g.clone(), 1000 * g
+        opt.step()
+    torch.testing.assert_close(w1.detach(), w2.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_bad_hyperparameters() -> None:
+    check_bad_hyperparameters(
+        NovoGrad, [("lr", -1.0), ("betas", (0.9,)), ("eps", -1.0), ("weight_decay", -1e-3)]
+    )
+
+
+def test_resume_bit_exact() -> None:
+    check_resume(novograd)

@@ -1,0 +1,159 @@
+"""XGrad against the paper's weight-prediction algorithm written out (float64)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gradkit.optim.xgrad import XGrad
+from helpers import make_mlp, max_rel_diff, regression_batches
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread avoids oversubscription on a loaded 2-core runner."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _closure(opt, model, x, y):
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def _grad_at(model, point, x, y):
+    params = list(model.parameters())
+    with torch.no_grad():
+        for p, v in zip(params, point):
+            p.copy_(v)
+    loss = nn.functional.mse_loss(model(x), y)
+    return [g.detach() for g in torch.autograd.grad(loss, params)]
+
+
+def _reference(model, batches, kind, s, lr, wd=0.0, momentum=0.9, betas=(0.9, 0.999), eps=1e-8):
+    """Each step: predict w_hat = w - s*lr*delta from the optimizer state, take the gradient there,
+    then update w (not w_hat) with the optimizer's own rule."""
+    w = [p.detach().clone() for p in model.parameters()]
+    b1, b2 = betas
+    buf = m = v = None
+    t = 0
+    for x, y in batches:
+        if kind == "sgd":
+            delta = buf
+        elif t == 0:
+            delta = None
+        else:
+            delta = [(mi / (1 - b1**t)) / ((vi / (1 - b2**t)).sqrt() + eps) for mi, vi in zip(m, v)]
+            if kind == "adamw":
+                delta = [d + wd * wi for d, wi in zip(delta, w)]
+        w_hat = w if delta is None else [wi - s * lr * d for wi, d in zip(w, delta)]
+        g = _grad_at(model, w_hat, x, y)
+        t += 1
+        if kind == "sgd":
+            d = [gi + wd * wi for gi, wi in zip(g, w)]
+            buf = d if buf is None else [momentum * bi + di for bi, di in zip(buf, d)]
+            w = [wi - lr * bi for wi, bi in zip(w, buf)]
+            continue
+        if kind == "adam":
+            g = [gi + wd * wi for gi, wi in zip(g, w)]
+        if m is None:
+            m = [torch.zeros_like(gi) for gi in g]
+            v = [torch.zeros_like(gi) for gi in g]
+        m = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g)]
+        v = [b2 * vi + (1 - b2) * gi * gi for vi, gi in zip(v, g)]
+        if kind == "adamw":
+            w = [wi * (1 - lr * wd) for wi in w]
+        denom = [vi.sqrt() / math.sqrt(1 - b2**t) + eps for vi in v]
+        w = [wi - lr / (1 - b1**t) * mi / di for wi, mi, di in zip(w, m, denom)]
+    with torch.no_grad():
+        for p, wi in zip(model.parameters(), w):
+            p.copy_(wi)
+
+
+@pytest.mark.parametrize(
+    ("base", "kind", "kw"),
+    [
+        ("sgd", "sgd", dict(lr=0.05, momentum=0.9, weight_decay=1e-3)),
+        (torch.optim.SGD, "sgd", dict(lr=0.05, momentum=0.9)),
+        ("adam", "adam", dict(lr=1e-2, weight_decay=1e-3)),
+        (torch.optim.Adam, "adam", dict(lr=1e-2)),
+        ("adamw", "adamw", dict(lr=1e-2, weight_decay=0.1)),
+        (torch.optim.AdamW, "adamw", dict(lr=1e-2, weight_decay=0.1)),
+    ],
+)
+@pytest.mark.parametrize("s", [1.0, 2.0])
+def test_trajectory_matches_algorithm_float64(base, kind, kw, s):
+    model = make_mlp(dtype=torch.float64)
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    batches = regression_batches(120, dtype=torch.float64)
+    opt = XGrad(a.parameters(), base, prediction_steps=s, **kw)
+    for x, y in batches:
+        opt.step(_closure(opt, a, x, y))
+    _reference(b, batches, kind, s, kw["lr"], kw.get("weight_decay", 0.0), kw.get("momentum", 0.9))
+    assert max_rel_diff(a, b) < 1e-10
+
+
+def test_prediction_zero_is_the_base_optimizer():
+    model = make_mlp()
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    batches = regression_batches(100)
+    opt = XGrad(a.parameters(), "adamw", prediction_steps=0.0, lr=1e-2)
+    for x, y in batches:
+        opt.step(_closure(opt, a, x, y))
+    ref = torch.optim.AdamW(b.parameters(), lr=1e-2)
+    for x, y in batches:
+        ref.step(_closure(ref, b, x, y))
+    assert max_rel_diff(a, b) < 1e-6
+
+
+def test_state_dict_resume_is_exact():
+    batches = regression_batches(60)
+
+    def run(model, opt, bs):
+        for x, y in bs:
+            opt.step(_closure(opt, model, x, y))
+
+    ref = make_mlp()
+    run(ref, XGrad(ref.parameters(), "adam", lr=1e-2), batches)
+    first = make_mlp()
+    opt1 = XGrad(first.parameters(), "adam", lr=1e-2)
+    run(first, opt1, batches[:30])
+    sd = copy.deepcopy(opt1.state_dict())
+    resumed = make_mlp(seed=9)
+    resumed.load_state_dict(first.state_dict())
+    opt2 = XGrad(resumed.parameters(), "adam", lr=1e-2)
+    opt2.load_state_dict(sd)
+    run(resumed, opt2, batches[30:])
+    for p, q in zip(ref.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_missing_closure_is_a_clear_error():
+    opt = XGrad(make_mlp().parameters())
+    with pytest.raises(RuntimeError, match="XGrad needs a closure.*predicted future weights"):
+        opt.step()
+
+
+def test_bad_settings_raise():
+    params = list(make_mlp().parameters())
+    with pytest.raises(ValueError, match="prediction_steps must be >= 0"):
+        XGrad(params, prediction_steps=-1)
+    with pytest.raises(ValueError, match="momentum in \\(0, 1\\)"):
+        XGrad(params, "sgd", momentum=0.0)
+    with pytest.raises(ValueError, match="nesterov=False"):
+        XGrad(params, "sgd", momentum=0.9, nesterov=True)
+    with pytest.raises(ValueError, match="SGD with momentum, Adam and AdamW"):
+        XGrad(params, "lion")
+    with pytest.raises(ValueError, match="Invalid lr"):
+        XGrad(params, "adam", lr=-1.0)
