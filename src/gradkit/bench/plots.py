@@ -1,0 +1,220 @@
+"""The report's figures (matplotlib, Agg backend, PNG)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from gradkit.bench.results import OptimizerResult  # noqa: E402
+from gradkit.bench.testfunctions import TEST_FUNCTIONS  # noqa: E402
+from gradkit.bench.trajectories import Trajectory  # noqa: E402
+
+__all__ = ["plot_curves", "plot_lr_sensitivity", "plot_time_to_target", "plot_trajectories"]
+
+_COLORS = plt.get_cmap("tab10").colors
+
+
+def _color(i: int):
+    return _COLORS[i % len(_COLORS)]
+
+
+def _stack(runs, attr: str) -> tuple[np.ndarray, np.ndarray]:
+    """Common x (steps) and a (seeds, points) array, truncated to the shortest run."""
+    n = min(len(getattr(r, attr)) for r in runs)
+    steps = np.asarray(runs[0].steps[:n], dtype=float)
+    return steps, np.asarray([getattr(r, attr)[:n] for r in runs], dtype=float)
+
+
+def _band(ax, x, ys, color, label) -> None:
+    mean = ys.mean(0)
+    ax.plot(x, mean, color=color, label=label, lw=1.8)
+    if len(ys) > 1:
+        ax.fill_between(x, ys.min(0), ys.max(0), color=color, alpha=0.2, lw=0)
+
+
+def plot_curves(results: list[OptimizerResult], path: Path) -> Path:
+    """Train loss and validation metric of each optimizer's best configuration against steps
+    and training wall time; line = mean over seeds, band = min..max over seeds."""
+    task = results[0].task
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    for i, res in enumerate(results):
+        best = res.best
+        if best is None or not all(r.steps for r in best.runs):
+            continue
+        label = f"{res.optimizer} (lr={best.lr:.2g})"
+        x, loss = _stack(best.runs, "train_loss")
+        _band(axes[0], x, loss, _color(i), label)
+        x, val = _stack(best.runs, "val")
+        _band(axes[1], x, val, _color(i), label)
+        _, wall = _stack(best.runs, "wall")
+        _band(axes[2], wall.mean(0), val, _color(i), label)
+    axes[0].set(xlabel="step", ylabel="train loss", yscale="log", title="training loss")
+    axes[1].set(xlabel="step", ylabel=task.metric, title=f"validation {task.metric}")
+    axes[2].set(xlabel="training wall time (s)", ylabel=task.metric, title="against wall time")
+    for ax in axes[1:]:
+        for name, value in task.references.items():
+            ax.axhline(value, color="0.4", ls=":", lw=1)
+            ax.annotate(
+                name,
+                (0.01, value),
+                xycoords=("axes fraction", "data"),
+                fontsize=7,
+                color="0.3",
+                va="bottom",
+            )
+        ax.axhline(task.target, color="k", ls="--", lw=0.8, label=f"target {task.target:g}")
+        _zoom_metric(ax, results, task)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="best")
+    fig.suptitle(f"{task.name}: best configuration per optimizer (band: min-max over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _zoom_metric(ax, results, task) -> None:
+    """Y range: every final value, the target and the references, plus a margin."""
+    values = [task.target, *task.references.values()]
+    for r in results:
+        if r.best is not None:
+            values += [v for run in r.best.runs for v in run.val[-1:]]
+            values += [
+                max(run.val) if task.higher_is_better else min(run.val)
+                for run in r.best.runs
+                if run.val
+            ]
+    lo, hi = min(values), max(values)
+    pad = 0.08 * (hi - lo) + 1e-3
+    ax.set_ylim(lo - pad, hi + pad)
+
+
+def plot_lr_sensitivity(results: list[OptimizerResult], path: Path) -> Path:
+    """Final validation metric against the learning rate: mean over seeds, bars from the
+    worst to the best seed."""
+    task = results[0].task
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    for i, res in enumerate(results):
+        if not res.trials:
+            continue
+        lrs = np.array([t.lr for t in res.trials])
+        finals = [np.array([r.final_val for r in t.runs], dtype=float) for t in res.trials]
+        mean = np.array([f.mean() for f in finals])
+        lo = [m - f.min() for m, f in zip(mean, finals)]
+        hi = [f.max() - m for m, f in zip(mean, finals)]
+        err = np.clip(np.array([lo, hi]), 0.0, None)
+        best_lr = lrs[np.argmax(mean if task.higher_is_better else -mean)]
+        for ax, x in ((axes[0], lrs), (axes[1], lrs / best_lr)):
+            ax.errorbar(
+                x, mean, yerr=err, marker="o", capsize=3, color=_color(i), label=res.optimizer
+            )
+    axes[0].set(
+        xscale="log",
+        xlabel="learning rate",
+        ylabel=f"final {task.metric}",
+        title="learning-rate sensitivity (mean; bars: min-max over seeds)",
+    )
+    axes[1].set(
+        xscale="log",
+        xlabel="learning rate / best learning rate",
+        ylabel=f"final {task.metric}",
+        title="relative to each optimizer's best lr",
+    )
+    for ax in axes:
+        ax.axhline(task.target, color="k", ls="--", lw=0.8)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(task.name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_time_to_target(results: list[OptimizerResult], path: Path) -> Path:
+    """Steps and training seconds to reach the target (best configuration, mean over the seeds
+    that reached it); bars are hatched and labelled when no seed reached it."""
+    task = results[0].task
+    summaries = [r.summary() for r in results]
+    names = [s["optimizer"] for s in summaries]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, unit in ((axes[0], "steps_to_target", "steps"), (axes[1], "time_to_target", "s")):
+        for i, s in enumerate(summaries):
+            v = s.get(key, math.nan)
+            reached = s.get("reached", 0)
+            if reached and math.isfinite(v):
+                ax.bar(i, v, color=_color(i))
+                ax.annotate(
+                    f"{v:.3g}{'' if unit == 'steps' else ' s'}\n{reached}/{s['seeds']} seeds",
+                    (i, v),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
+            else:
+                ax.bar(i, 0, color=_color(i))
+                ax.annotate(
+                    "not reached", (i, 0), ha="center", va="bottom", fontsize=8, rotation=90
+                )
+        ax.set_xticks(range(len(names)), names)
+        ax.set_ylabel(f"{unit} to target")
+        ax.margins(y=0.2)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"{task.name}: steps and seconds to reach {task.metric} {task.target:g}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_trajectories(trajs: dict[str, list[Trajectory]], path: Path) -> Path:
+    """One panel per test function: contours and each optimizer's path (best lr)."""
+    names = list(trajs)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.4 * len(names), 5), squeeze=False)
+    optimizers: list[str] = []
+    for paths in trajs.values():
+        for t in paths:
+            if t.optimizer not in optimizers:
+                optimizers.append(t.optimizer)
+    for ax, name in zip(axes[0], names):
+        fn = TEST_FUNCTIONS[name]
+        xs = np.linspace(*fn.xlim, 300)
+        ys = np.linspace(*fn.ylim, 300)
+        X, Y = np.meshgrid(xs, ys)
+        with torch.no_grad():
+            Z = fn.fn(torch.from_numpy(np.stack([X, Y], -1))).numpy()
+        if fn.log_contours:
+            ax.contourf(X, Y, np.log10(Z + 1e-3), levels=30, cmap="Greys", alpha=0.55)
+            ax.contour(X, Y, np.log10(Z + 1e-3), levels=15, colors="0.5", linewidths=0.4)
+        else:
+            ax.contourf(X, Y, Z, levels=30, cmap="Greys", alpha=0.55)
+        for t in trajs[name]:
+            p = np.asarray(t.path)
+            c = _color(optimizers.index(t.optimizer))
+            ax.plot(
+                p[:, 0],
+                p[:, 1],
+                "-",
+                color=c,
+                lw=1.3,
+                marker=".",
+                ms=2,
+                label=f"{t.optimizer} lr={t.lr:.2g} f={t.final_value:.2g}",
+            )
+        ax.plot(*fn.start, "ko", ms=5)
+        ax.plot(*fn.minimum, "r*", ms=12)
+        ax.set(xlim=fn.xlim, ylim=fn.ylim, title=fn.description)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle("test-function trajectories (each at its best learning rate on a log grid)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,125 @@
+"""The task plug-in interface of ``gradkit compare``.
+
+A :class:`Task` says what to train (a model builder), on what (a :class:`TaskData`), how the
+result is scored (metric, direction, target) and how much budget it gets by default. Register a
+task with :func:`register_task` and it becomes available to ``gradkit compare --task NAME``
+(``--plugin my_module`` imports a module that registers tasks). For classification on tensors,
+:func:`gradkit.bench.classification.classification_task` builds a task in a few lines.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+__all__ = ["Task", "TaskData", "get_task", "list_tasks", "register_task"]
+
+
+@runtime_checkable
+class TaskData(Protocol):
+    """Data of a task, already on its device.
+
+    ``sample_batch`` draws one training batch with the given generator (the harness seeds it, so
+    every optimizer sees the same batches for the same seed); ``loss`` returns the scalar training
+    loss of a model on a batch; ``evaluate`` returns the validation metric of a model.
+    """
+
+    def sample_batch(self, generator: torch.Generator, batch_size: int) -> Any: ...
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor: ...
+
+    def evaluate(self, model: nn.Module) -> float: ...
+
+
+@dataclass
+class Task:
+    """A training task for ``gradkit compare``.
+
+    Attributes:
+        name: the name used on the command line.
+        description: one line shown by ``gradkit compare --list-tasks`` and in the report.
+        metric: name of the validation metric (e.g. ``"accuracy"``, ``"bits per char"``).
+        higher_is_better: direction of the metric.
+        target: the metric value that counts as reached, for steps/time to target.
+        build_model: returns a freshly initialised model (the harness seeds torch first).
+        load_data: ``load_data(device) -> TaskData``; called once per process and device.
+        steps: default number of optimizer steps per run.
+        batch_size: training batch size.
+        eval_every: evaluate the validation metric every this many steps.
+        trials: default number of tuning trials per optimizer.
+        seeds: default number of seeds per configuration.
+        lr_factors: the learning rate is searched (log scale) in
+            ``[low * default_lr, high * default_lr]`` where ``default_lr`` is each optimizer's
+            own default, so every optimizer gets an interval of the same width around its
+            paper's default.
+        references: named reference values of the metric, drawn as lines in the report.
+        worst: the metric value recorded for a diverged run (NaN or infinite loss).
+    """
+
+    name: str
+    description: str
+    metric: str
+    higher_is_better: bool
+    target: float
+    build_model: Callable[[], nn.Module]
+    load_data: Callable[[torch.device], TaskData]
+    steps: int = 1000
+    batch_size: int = 100
+    eval_every: int = 100
+    trials: int = 4
+    seeds: int = 2
+    lr_factors: tuple[float, float] = (0.3, 30.0)
+    references: dict[str, float] = field(default_factory=dict)
+    worst: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.worst is None:
+            self.worst = 0.0 if self.higher_is_better else math.inf
+        low, high = self.lr_factors
+        if not 0 < low <= high:
+            raise ValueError(f"lr_factors must satisfy 0 < low <= high, got {self.lr_factors}")
+
+    def better(self, a: float, b: float) -> bool:
+        """True if metric value ``a`` is strictly better than ``b``."""
+        return a > b if self.higher_is_better else a < b
+
+    def reached(self, value: float) -> bool:
+        """True if ``value`` reaches the target."""
+        return value >= self.target if self.higher_is_better else value <= self.target
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task, *, replace: bool = False) -> Task:
+    """Make ``task`` available to ``gradkit compare --task``; returns it."""
+    if not isinstance(task, Task):
+        raise TypeError(f"register_task expects a Task, got {type(task).__name__}")
+    if task.name in _TASKS and not replace:
+        raise ValueError(f"a task named {task.name!r} is already registered (use replace=True)")
+    _TASKS[task.name] = task
+    return task
+
+
+def _load_builtin() -> None:
+    from gradkit.bench import tasks_charlm, tasks_digits, tasks_mnist1d  # noqa: F401
+
+
+def get_task(name: str) -> Task:
+    """Return the registered task ``name``; raises KeyError listing the known names."""
+    _load_builtin()
+    try:
+        return _TASKS[name]
+    except KeyError:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_TASKS))}") from None
+
+
+def list_tasks() -> list[Task]:
+    """All registered training tasks, sorted by name."""
+    _load_builtin()
+    return [_TASKS[k] for k in sorted(_TASKS)]

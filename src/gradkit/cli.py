@@ -1,0 +1,295 @@
+"""The ``gradkit`` command: ``gradkit compare`` (the optimizer comparison) and ``gradkit list``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+
+__all__ = ["build_parser", "main"]
+
+_COMPARE_HELP = """\
+Compare optimizers fairly on real tasks and write a report.
+
+Every optimizer gets the same number of tuning trials (Optuna); each trial trains one
+hyperparameter configuration over the same seeds (same initialisations, same batches), and its
+learning rate is searched on a log scale over [LOW, HIGH] times the optimizer's own default.
+Every trial and curve is stored in a database (SQLite file in the report folder by default, or any
+SQLAlchemy URL, e.g. PostgreSQL shared by several workers). Rerunning the same command resumes:
+finished trials are kept, interrupted ones are redone. Raising --trials extends a study.
+
+The report folder gets index.html, summary.md (ranking table), results.json and PNG figures:
+loss curves with seed bands, learning-rate sensitivity, time to target, test-function
+trajectories.
+"""
+
+_COMPARE_EPILOG = """\
+examples:
+  gradkit compare                                   # default: 5 optimizers, MNIST-1D CNN + test functions
+  gradkit compare --task mnist1d-mlp,stdlib-charlm --optimizers adamw,lion --trials 6 --seeds 3
+  gradkit compare --storage postgresql+psycopg2://user:pw@db-host/gradkit --no-report   # a worker
+  gradkit compare --list-tasks
+"""
+
+
+def _csv(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error that says what to do (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``gradkit`` command."""
+    from gradkit.bench.compare import DEFAULT_TASKS
+    from gradkit.bench.optimizers import DEFAULT_OPTIMIZERS
+    from gradkit.bench.tuning import SAMPLERS, SEARCHABLE
+
+    parser = _Parser(prog="gradkit", description="gradkit: the gradient side of training.")
+    sub = parser.add_subparsers(dest="command", metavar="{compare,list}", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser(
+        "compare",
+        help="compare optimizers on tasks and write a report",
+        description=_COMPARE_HELP,
+        epilog=_COMPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("what to compare")
+    g.add_argument(
+        "--task",
+        "--tasks",
+        dest="tasks",
+        type=_csv,
+        default=list(DEFAULT_TASKS),
+        help="comma-separated tasks: training tasks (see --list-tasks) and/or the test functions "
+        f"rosenbrock, rastrigin, quadratic (default: {','.join(DEFAULT_TASKS)})",
+    )
+    g.add_argument(
+        "--optimizers",
+        "-o",
+        type=_csv,
+        default=None,
+        help="comma-separated registered optimizers (see `gradkit list`); default: "
+        f"{','.join(DEFAULT_OPTIMIZERS)}, those registered in this gradkit",
+    )
+    g.add_argument("--list-tasks", action="store_true", help="list the training tasks and exit")
+    g.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="import a module or .py file that registers extra tasks (repeatable); see docs/compare.md",
+    )
+    g = p.add_argument_group("budget (default: each task's own; see --list-tasks)")
+    g.add_argument(
+        "--trials", type=int, help="tuning trials per optimizer (the same for every optimizer)"
+    )
+    g.add_argument("--seeds", type=int, help="seeds per configuration (seeds 0..N-1)")
+    g.add_argument("--steps", type=int, help="optimizer steps per run")
+    g.add_argument("--batch-size", type=int, help="training batch size")
+    g.add_argument("--eval-every", type=int, help="evaluate the validation metric every N steps")
+    g.add_argument(
+        "--schedule",
+        choices=("cosine", "constant"),
+        default="cosine",
+        help="learning-rate schedule, the same for all (cosine: 5%% linear warmup then cosine to 0)",
+    )
+    g.add_argument(
+        "--trajectory-steps",
+        type=int,
+        default=200,
+        help="steps per run on the test functions (default 200)",
+    )
+    g = p.add_argument_group("search")
+    g.add_argument(
+        "--lr-range",
+        nargs=2,
+        type=float,
+        metavar=("LOW", "HIGH"),
+        dest="lr_factors",
+        help="search the lr over [LOW, HIGH] x each optimizer's default lr (default: the task's own, see --list-tasks)",
+    )
+    g.add_argument(
+        "--search",
+        type=_csv,
+        default=[],
+        help="more hyperparameters to search: "
+        + "; ".join(f"{k}: {v}" for k, v in SEARCHABLE.items()),
+    )
+    g.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="grid",
+        help="Optuna sampler: grid (log-spaced lr grid with --trials points, default), tpe, random",
+    )
+    g = p.add_argument_group("storage, workers, output")
+    g.add_argument(
+        "--storage",
+        metavar="URL",
+        help="SQLAlchemy URL or SQLite file path (default: sqlite:///OUT/studies.db); "
+        "a PostgreSQL URL lets several workers share the studies",
+    )
+    g.add_argument("--study-prefix", default="gradkit", help="prefix of the Optuna study names")
+    g.add_argument(
+        "--out", default="gradkit-report", help="report folder (default: ./gradkit-report)"
+    )
+    g.add_argument(
+        "--no-report", dest="report", action="store_false", help="run trials only (a worker)"
+    )
+    g.add_argument(
+        "--report-only",
+        dest="run_trials",
+        action="store_false",
+        help="run no trial; write the report from what the storage holds (same options as the run)",
+    )
+    g.add_argument(
+        "--heartbeat",
+        type=float,
+        default=5.0,
+        help="seconds between a running trial's heartbeats in the database (default 5)",
+    )
+    g.add_argument(
+        "--stale-after",
+        type=float,
+        default=60.0,
+        help="a running trial whose worker sent no heartbeat for this long is redone (default 60); "
+        "trials of dead processes on this host are redone at once",
+    )
+    g.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps",
+    )
+    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bars or tables")
+
+    sub.add_parser(
+        "list", help="list the registered optimizers", description="List the registered optimizers."
+    )
+    return parser
+
+
+def _console():
+    """A rich console; wide when printing to a pipe or file, so names are never cut."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _list_tasks() -> None:
+    from rich.table import Table
+
+    from gradkit.bench.task import list_tasks
+    from gradkit.bench.testfunctions import TEST_FUNCTIONS
+
+    table = Table(title="gradkit compare tasks")
+    for col in ("task", "metric", "target", "steps", "trials x seeds", "lr range", "description"):
+        table.add_column(col)
+    for t in list_tasks():
+        direction = "higher" if t.higher_is_better else "lower"
+        table.add_row(
+            t.name,
+            f"{t.metric} ({direction} better)",
+            f"{t.target:g}",
+            str(t.steps),
+            f"{t.trials} x {t.seeds}",
+            f"{t.lr_factors[0]:g}-{t.lr_factors[1]:g} x default",
+            t.description,
+        )
+    for f in TEST_FUNCTIONS.values():
+        table.add_row(
+            f.name, "final f(x, y)", "-", "200", "8 lrs", "0.1-3000 x default", f.description
+        )
+    _console().print(table)
+
+
+def _list_optimizers() -> None:
+    from rich.table import Table
+
+    from gradkit import list_optimizers
+
+    table = Table(title="gradkit optimizers")
+    for col in ("name", "paper", "arXiv", "seed", "closure", "defaults"):
+        table.add_column(col)
+    for info in list_optimizers():
+        defaults = ", ".join(f"{k}={v}" for k, v in info.defaults.items())
+        table.add_row(
+            info.name,
+            info.paper_title or "",
+            info.arxiv_id or "",
+            info.seed_id or "",
+            "yes" if info.needs_closure else "",
+            defaults,
+        )
+    _console().print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gradkit`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        _list_optimizers()
+        return 0
+
+    from gradkit.bench.compare import CompareConfig, UsageError, load_plugin, run_compare
+
+    try:
+        for plugin in args.plugin:
+            load_plugin(plugin)
+        if args.list_tasks:
+            _list_tasks()
+            return 0
+        if args.threads is not None:
+            if args.threads < 1:
+                raise UsageError(f"--threads must be at least 1, got {args.threads}")
+            import torch
+
+            torch.set_num_threads(args.threads)
+        config = CompareConfig(
+            tasks=args.tasks,
+            optimizers=args.optimizers,
+            trials=args.trials,
+            seeds=args.seeds,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            eval_every=args.eval_every,
+            schedule=args.schedule,
+            lr_factors=tuple(args.lr_factors) if args.lr_factors else None,
+            search=args.search,
+            sampler=args.sampler,
+            storage=args.storage,
+            out=args.out,
+            study_prefix=args.study_prefix,
+            device=args.device,
+            trajectory_steps=args.trajectory_steps,
+            report=args.report,
+            run_trials=args.run_trials,
+            heartbeat=args.heartbeat,
+            stale_after=args.stale_after,
+            quiet=args.quiet,
+            command="gradkit " + shlex.join(argv),
+        )
+        run_compare(config)
+    except UsageError as exc:
+        print(f"gradkit compare: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gradkit compare: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
