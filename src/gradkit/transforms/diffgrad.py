@@ -42,12 +42,18 @@ class ScaleByDiffGrad(GradientTransformation):
         # friction xi = sigmoid(|g_prev - g|), computed in a fresh buffer
         xi = torch._foreach_sub(prev, updates)
         torch._foreach_abs_(xi)
-        torch._foreach_sigmoid_(xi)
+        # sigmoid(x) = 1 / (1 + e^-x), written with pow(e, .): torch.compile has fused lowerings
+        # for _foreach_pow(scalar, tensors) but none for _foreach_sigmoid or _foreach_exp (each
+        # would cost an extra eager pass over memory). x >= 0, so e^-x cannot overflow.
+        torch._foreach_neg_(xi)
+        xi = torch._foreach_pow(math.e, xi)
+        torch._foreach_add_(xi, 1.0)
+        torch._foreach_reciprocal_(xi)
         torch._foreach_copy_(prev, updates)
         denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in ctx.steps])
+        torch._foreach_div_(denom, ctx.per_step(lambda t: math.sqrt(1 - beta2**t)))
         torch._foreach_add_(denom, ctx.group["eps"])
         torch._foreach_mul_(xi, m)
         torch._foreach_div_(xi, denom)
-        torch._foreach_div_(xi, [1 - beta1**t for t in ctx.steps])
+        torch._foreach_div_(xi, ctx.per_step(lambda t: 1 - beta1**t))
         return ctx.owned(xi)

@@ -57,9 +57,9 @@ class AdaptiveGradNormScaling(GradientTransformation):
         torch._foreach_lerp_(m, norms, 1.0 - g1)
         torch._foreach_mul_(v, g2)
         torch._foreach_addcmul_(v, norms, norms, 1.0 - g2)
-        target = torch._foreach_div(m, [1.0 - g1**t for t in ctx.steps])
+        target = torch._foreach_div(m, ctx.per_step(lambda t: 1.0 - g1**t))
         denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, [math.sqrt(1.0 - g2**t) for t in ctx.steps])
+        torch._foreach_div_(denom, ctx.per_step(lambda t: math.sqrt(1.0 - g2**t)))
         torch._foreach_add_(denom, group["eps"])
         torch._foreach_div_(target, denom)
         out = []

@@ -101,8 +101,8 @@ class ScaleByAdam(GradientTransformation):
                     buf.resize_as_(cur).zero_()
             torch._foreach_maximum_(vmax, v)
             v = vmax
-        bc1 = [1 - beta1**t for t in ctx.steps]
-        bc2_sqrt = [math.sqrt(1 - beta2**t) for t in ctx.steps]
+        bc1 = ctx.per_step(lambda t: 1 - beta1**t)
+        bc2_sqrt = ctx.per_step(lambda t: math.sqrt(1 - beta2**t))
         denom = torch._foreach_sqrt(v)
         torch._foreach_div_(denom, bc2_sqrt)
         torch._foreach_add_(denom, ctx.group["eps"])

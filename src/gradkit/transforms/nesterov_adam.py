@@ -38,12 +38,12 @@ class ScaleByAdamNesterov(ScaleByAdam):
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, updates, updates, 1 - beta2)
         denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in ctx.steps])
+        torch._foreach_div_(denom, ctx.per_step(lambda t: math.sqrt(1 - beta2**t)))
         torch._foreach_add_(denom, ctx.group["eps"])
         if ctx.group["nesterov"]:
             out = torch._foreach_lerp(m, updates, 1 - beta1)
             torch._foreach_div_(out, denom)
         else:
             out = torch._foreach_div(m, denom)
-        torch._foreach_div_(out, [1 - beta1**t for t in ctx.steps])
+        torch._foreach_div_(out, ctx.per_step(lambda t: 1 - beta1**t))
         return ctx.owned(out)

@@ -91,7 +91,7 @@ class ScaleByAdaPNM(GradientTransformation):
         if group["use_softplus"]:
             denom = [softplus(d, beta=group["beta_softplus"]) for d in denom]
         torch._foreach_div_(pn, denom)
-        torch._foreach_div_(pn, [1.0 - beta1**t for t in ctx.steps])
+        torch._foreach_div_(pn, ctx.per_step(lambda t: 1.0 - beta1**t))
         return ctx.owned(pn)
 
     def mean_second_moment(self) -> Tensor:

@@ -62,7 +62,7 @@ class ScaleBySaniaPolyak(GradientTransformation):
                 beta2 = ctx.group["betas"][1]
                 torch._foreach_mul_(acc, beta2)
                 torch._foreach_addcmul_(acc, updates, updates, 1 - beta2)
-                precond = torch._foreach_div(acc, [1 - beta2**t for t in ctx.steps])
+                precond = torch._foreach_div(acc, ctx.per_step(lambda t: 1 - beta2**t))
             torch._foreach_maximum_(precond, eps)
             if not kind.endswith("_sqr"):
                 torch._foreach_sqrt_(precond)

@@ -39,7 +39,7 @@ class AdaptiveSpikeClipping(GradientTransformation):
         maxes = torch._foreach_norm(updates, float("inf"))
         avg = state["max_avg"]
         torch._foreach_lerp_(avg, maxes, 1.0 - theta)
-        thresholds = torch._foreach_div(avg, [1.0 - theta**t for t in ctx.steps])
+        thresholds = torch._foreach_div(avg, ctx.per_step(lambda t: 1.0 - theta**t))
         out = [
             torch.where(u.abs() > thr, u * (thr / mx), u)
             for u, thr, mx in zip(updates, thresholds, maxes)
