@@ -250,7 +250,7 @@ def main() -> int:
         import heavyball.utils
 
         # heavyball compiles with max-autotune by default (minutes of autotuning); the default
-        # inductor mode keeps the run short. Recorded in docs/parts/bench_muon.md.
+        # inductor mode keeps the run short. Recorded in docs/benchmarks.md.
         heavyball.utils.compile_mode = args.heavyball_compile_mode
         ps = make_params()
         opt = heavyball.Muon(ps, lr=0.02)

@@ -21,7 +21,8 @@ finished trials are kept, interrupted ones are redone. Raising --trials extends 
 
 The report folder gets index.html, summary.md (ranking table), results.json and PNG figures:
 loss curves with seed bands, learning-rate sensitivity, time to target, test-function
-trajectories.
+trajectories. --diagnose sharpness adds the top Hessian eigenvalue against 2/lr during training
+(seed 0 of every trial).
 """
 
 _COMPARE_EPILOG = """\
@@ -29,6 +30,7 @@ examples:
   gradkit compare                                   # default: 5 optimizers, MNIST-1D CNN + test functions
   gradkit compare --task mnist1d-mlp,stdlib-charlm --optimizers adamw,lion --trials 6 --seeds 3
   gradkit compare --storage postgresql+psycopg2://user:pw@db-host/gradkit --no-report   # a worker
+  gradkit compare --task mnist1d-cnn -o adamw,lion --diagnose sharpness --diagnose-every 50
   gradkit compare --list-tasks
 """
 
@@ -50,6 +52,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``gradkit`` command."""
     from gradkit.bench.compare import DEFAULT_TASKS
+    from gradkit.bench.diagnose import DIAGNOSTICS
     from gradkit.bench.optimizers import DEFAULT_OPTIMIZERS
     from gradkit.bench.tuning import SAMPLERS, SEARCHABLE
 
@@ -131,6 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SAMPLERS,
         default="grid",
         help="Optuna sampler: grid (log-spaced lr grid with --trials points, default), tpe, random",
+    )
+    g = p.add_argument_group("diagnostics (seed 0 of every trial; see docs/compare.md)")
+    g.add_argument(
+        "--diagnose",
+        type=_csv,
+        default=[],
+        metavar="NAME[,NAME]",
+        help="comma-separated diagnostics measured during training on a fixed batch: "
+        + "; ".join(f"{k}: {v}" for k, v in DIAGNOSTICS.items())
+        + ". Part of the study name: a study run with other --diagnose options is a new study",
+    )
+    g.add_argument(
+        "--diagnose-every",
+        type=int,
+        metavar="N",
+        help="measure the diagnostics every N steps (default: the evaluation interval)",
     )
     g = p.add_argument_group("storage, workers, output")
     g.add_argument(
@@ -279,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             heartbeat=args.heartbeat,
             stale_after=args.stale_after,
             quiet=args.quiet,
+            diagnose=args.diagnose,
+            diagnose_every=args.diagnose_every,
             command="gradkit " + shlex.join(argv),
         )
         run_compare(config)

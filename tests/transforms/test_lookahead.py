@@ -1,7 +1,7 @@
 """Lookahead around SGD and Adam against pytorch-optimizer.
 
 torch-optimizer's Lookahead merges at steps 1, k+1, 2k+1, ... from slow weights taken after
-the first step, a shifted schedule (see docs/parts/differences_batch_b.md), so it is not used.
+the first step, a shifted schedule (see docs/differences.md), so it is not used.
 """
 
 from __future__ import annotations

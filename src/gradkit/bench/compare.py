@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from gradkit.bench.diagnose import DIAGNOSTICS
 from gradkit.bench.optimizers import DEFAULT_OPTIMIZERS, OptimizerSpec, resolve_optimizers
 from gradkit.bench.progress import CompareProgress
 from gradkit.bench.storage import StorageError, display_url, open_storage
@@ -56,6 +57,8 @@ class CompareConfig:
     stale_after: float = 60.0
     quiet: bool = False
     command: str = ""
+    diagnose: list[str] = field(default_factory=list)
+    diagnose_every: int | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -165,6 +168,22 @@ def _check_budget(config: CompareConfig) -> None:
         raise UsageError(
             f"cannot search {', '.join(unknown)}; choose from: {', '.join(SEARCHABLE)}"
         )
+    unknown = [d for d in config.diagnose if d not in DIAGNOSTICS]
+    if unknown:
+        raise UsageError(
+            f"unknown diagnostic {', '.join(map(repr, unknown))}; choose from: "
+            f"{', '.join(DIAGNOSTICS)}"
+        )
+    if config.diagnose_every is not None:
+        if config.diagnose_every < 1:
+            raise UsageError(
+                f"impossible budget: --diagnose-every must be at least 1, got {config.diagnose_every}"
+            )
+        if config.steps is not None and config.diagnose_every > config.steps:
+            raise UsageError(
+                f"impossible budget: --diagnose-every {config.diagnose_every} is larger than "
+                f"--steps {config.steps}; lower --diagnose-every or raise --steps"
+            )
     if config.schedule not in ("cosine", "constant"):
         raise UsageError(f"unknown schedule {config.schedule!r}; choose cosine or constant")
     if config.heartbeat <= 0 or config.stale_after <= config.heartbeat:
@@ -194,6 +213,8 @@ def make_plans(
                     search=list(config.search),
                     sampler=config.sampler,
                     prefix=config.study_prefix,
+                    diagnose=list(dict.fromkeys(config.diagnose)),
+                    diagnose_every=config.diagnose_every,
                 )
             )
     return plans
@@ -266,6 +287,13 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
             for t in tasks
         ),
     }
+    if config.diagnose:
+        when = (
+            f"every {config.diagnose_every} steps"
+            if config.diagnose_every
+            else "at each evaluation"
+        )
+        meta["diagnostics"] = f"{', '.join(dict.fromkeys(config.diagnose))} {when}, seed 0"
     index = write_report(out_dir, by_task, trajectories, meta)
     if not config.quiet:
         from rich.table import Table

@@ -12,11 +12,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from gradkit.bench.results import OptimizerResult  # noqa: E402
+from gradkit.bench.results import OptimizerResult, TrialResult  # noqa: E402
 from gradkit.bench.testfunctions import TEST_FUNCTIONS  # noqa: E402
 from gradkit.bench.trajectories import Trajectory  # noqa: E402
 
-__all__ = ["plot_curves", "plot_lr_sensitivity", "plot_time_to_target", "plot_trajectories"]
+__all__ = [
+    "diagnostic_records",
+    "plot_curves",
+    "plot_lr_sensitivity",
+    "plot_sharpness",
+    "plot_subspace",
+    "plot_time_to_target",
+    "plot_trajectories",
+]
 
 _COLORS = plt.get_cmap("tab10").colors
 
@@ -214,6 +222,104 @@ def plot_trajectories(trajs: dict[str, list[Trajectory]], path: Path) -> Path:
         ax.set(xlim=fn.xlim, ylim=fn.ylim, title=fn.description)
         ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("test-function trajectories (each at its best learning rate on a log grid)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def diagnostic_records(trial: TrialResult | None, name: str) -> list[dict]:
+    """The records of diagnostic ``name`` in ``trial`` (the run of the lowest seed having them)."""
+    if trial is None:
+        return []
+    for run in sorted(trial.runs, key=lambda r: r.seed):
+        recs = run.diagnostics.get(name)
+        if recs:
+            return list(recs)
+    return []
+
+
+def _series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    steps = np.array([r["step"] for r in records], dtype=float)
+    vals = np.array([np.nan if r.get(key) is None else r[key] for r in records], dtype=float)
+    return steps, vals
+
+
+def plot_sharpness(results: list[OptimizerResult], path: Path) -> Path | None:
+    """Sharpness (top Hessian eigenvalue on the fixed batch) against step, one line per
+    optimizer (best configuration, seed 0), with its stability edge 2/lr dashed in the same
+    colour. Log scale; non-positive eigenvalues are not drawn. None if nothing was recorded."""
+    task = results[0].task
+    found = [(i, res, diagnostic_records(res.best, "sharpness")) for i, res in enumerate(results)]
+    found = [(i, res, recs) for i, res, recs in found if recs]
+    if not found:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    sharp_all: list[float] = []
+    lowest_edges: list[float] = []
+    n = len(found)
+    for j, (i, res, recs) in enumerate(found):
+        x, sharp = _series(recs, "sharpness")
+        _, th = _series(recs, "threshold")
+        sharp = np.where(sharp > 0, sharp, np.nan)
+        label = f"{res.optimizer} (lr={res.best.lr:.2g})"
+        ax.plot(x, sharp, color=_color(i), lw=1.8, marker="o", ms=3, label=label)
+        # interleaved dashes: optimizers with the same lr share one 2/lr curve; each colour
+        # stays visible along it
+        dash = (4 * j, (4, 4 * max(1, n - 1)))
+        ax.plot(x, th, color=_color(i), lw=1.3, ls=dash)
+        sharp_all += [v for v in sharp if np.isfinite(v)]
+        if np.isfinite(th).any():
+            lowest_edges.append(float(np.nanmin(th)))
+    ax.plot([], [], color="0.3", lw=1.3, ls="--", label="2/lr (dashed, same colour)")
+    ax.set_yscale("log")
+    if sharp_all:
+        # 2/lr grows without bound during warmup and the cosine tail: stop the axis a little
+        # above every optimizer's lowest edge (and the highest sharpness)
+        top = max(max(sharp_all), *lowest_edges) * 3
+        ax.set_ylim(min(sharp_all) / 3, top)
+    ax.set(
+        xlabel="step",
+        ylabel="top Hessian eigenvalue",
+        title=f"{task.name}: sharpness on a fixed batch (solid) vs 2/lr (dashed); "
+        "best configuration, seed 0",
+    )
+    ax.title.set_fontsize(10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_subspace(results: list[OptimizerResult], path: Path) -> Path | None:
+    """Fraction of the gradient in the top-k Hessian eigenspace (solid) and the overlap of that
+    eigenspace with the first measurement's (dotted), against step; best configuration, seed 0.
+    None if nothing was recorded."""
+    task = results[0].task
+    found = [(i, res, diagnostic_records(res.best, "subspace")) for i, res in enumerate(results)]
+    found = [(i, res, recs) for i, res, recs in found if recs]
+    if not found:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.4))
+    for i, res, recs in found:
+        x, frac = _series(recs, "fraction")
+        _, overlap = _series(recs, "overlap_with_reference")
+        k = max(len(r.get("eigenvalues") or []) for r in recs)
+        label = f"{res.optimizer} (lr={res.best.lr:.2g}, top {k})"
+        ax.plot(x, frac, color=_color(i), lw=1.8, marker="o", ms=3, label=label)
+        ax.plot(x, overlap, color=_color(i), lw=1.0, ls=":")
+    ax.set(
+        xlabel="step",
+        ylabel="fraction",
+        ylim=(-0.02, 1.02),
+        title=f"{task.name}: gradient in the top Hessian subspace (solid), overlap with the "
+        "first subspace (dotted)",
+    )
+    ax.title.set_fontsize(10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

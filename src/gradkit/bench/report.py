@@ -12,6 +12,8 @@ from typing import Any
 from gradkit.bench.plots import (
     plot_curves,
     plot_lr_sensitivity,
+    plot_sharpness,
+    plot_subspace,
     plot_time_to_target,
     plot_trajectories,
 )
@@ -101,6 +103,36 @@ padding:4px 8px;text-align:right}th{background:#f3f3f3}td:nth-child(2){text-alig
 font-weight:600}img{max-width:100%;border:1px solid #eee;margin:.5em 0}code{background:#f5f5f5}"""
 
 
+def _diagnostic_figures(
+    name: str, results: list[OptimizerResult], out_dir: Path
+) -> list[tuple[str, Path]]:
+    """The diagnostics figures of one task (none when the runs recorded no diagnostics)."""
+    out: list[tuple[str, Path]] = []
+    fig = plot_sharpness(results, out_dir / f"{name}_sharpness.png")
+    if fig is not None:
+        out.append(
+            (
+                "Sharpness: the top Hessian eigenvalue of the training loss on a fixed batch "
+                "during training (best configuration of each optimizer, seed 0), next to the "
+                "stability edge 2/lr of gradient descent at the scheduled learning rate "
+                "(dashed, same colour). For adaptive or preconditioned optimizers 2/lr is only "
+                "a reference: their stability depends on the preconditioned Hessian.",
+                fig,
+            )
+        )
+    fig = plot_subspace(results, out_dir / f"{name}_subspace.png")
+    if fig is not None:
+        out.append(
+            (
+                "Gradient in the top Hessian subspace (best configuration, seed 0): fraction of "
+                "the squared gradient norm in the span of the top Hessian eigenvectors on a "
+                "fixed batch, and the overlap of that span with the first measurement's.",
+                fig,
+            )
+        )
+    return out
+
+
 def write_report(
     out_dir: Path,
     by_task: dict[str, list[OptimizerResult]],
@@ -137,6 +169,9 @@ def write_report(
         md += [f"![{f.stem}]({f.name})" for f in figs] + [""]
         body += [f"<h2>{html.escape(name)}</h2>", f"<p>{html.escape(intro)}</p>", _html_table(rows)]
         body += [f'<img src="{f.name}" alt="{f.stem}">' for f in figs]
+        for text, fig in _diagnostic_figures(name, results, out_dir):
+            md += [text, "", f"![{fig.stem}]({fig.name})", ""]
+            body += [f"<p>{html.escape(text)}</p>", f'<img src="{fig.name}" alt="{fig.stem}">']
         dump["tasks"][name] = {
             "ranking": rank(results),
             "trials": [

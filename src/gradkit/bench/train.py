@@ -6,12 +6,13 @@ import math
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
+from gradkit.bench.diagnose import StepInfo, TrainCallback
 from gradkit.bench.optimizers import OptimizerSpec, build_optimizer
 from gradkit.bench.task import Task
 
@@ -24,7 +25,9 @@ class RunResult:
 
     Curves are sampled at evaluation points: ``steps[i]``, ``wall[i]`` (training seconds, eval
     time excluded), ``train_loss[i]`` (mean training loss since the previous point) and
-    ``val[i]`` (validation metric).
+    ``val[i]`` (validation metric). ``diagnostics`` maps each training-loop callback's name to
+    its records (JSON-serialisable dicts, see :mod:`gradkit.bench.diagnose`); empty when the
+    run had no callback.
     """
 
     seed: int
@@ -42,8 +45,10 @@ class RunResult:
     peak_memory_kind: str = ""
     optimizer_state_bytes: int = 0
     diverged: bool = False
+    diagnostics: dict[str, list[Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (non-finite final/best values as ``None``)."""
         d = asdict(self)
         for key in ("final_val", "best_val"):
             if not math.isfinite(d[key]):
@@ -52,6 +57,7 @@ class RunResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunResult:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored, missing ones get defaults."""
         d = dict(d)
         for key in ("final_val", "best_val"):
             if d.get(key) is None:
@@ -91,6 +97,56 @@ def _rss_bytes() -> int:
     return int(rss) if sys.platform == "darwin" else int(rss) * 1024
 
 
+class _Callbacks:
+    """Calls the callbacks due after a step; keeps their CUDA memory out of the run's peak."""
+
+    def __init__(
+        self,
+        callbacks: list[TrainCallback],
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data: Any,
+        seed: int,
+        batch_size: int,
+        device: torch.device,
+    ) -> None:
+        names = [cb.name for cb in callbacks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"callback names must be unique, got {names}")
+        self.callbacks, self.model, self.optimizer, self.data = callbacks, model, optimizer, data
+        self.seed, self.batch_size, self.device = seed, batch_size, device
+        self.peak_outside = 0  # CUDA max allocated by training, measured before each call
+        self._fixed: list[Any] = []
+
+    def fixed_batch(self) -> Any:
+        """The fixed diagnostic batch, drawn once from its own generator."""
+        if not self._fixed:
+            gen = torch.Generator().manual_seed(20_000 + self.seed)
+            self._fixed.append(self.data.sample_batch(gen, self.batch_size))
+        return self._fixed[0]
+
+    def __call__(self, step: int) -> None:
+        due = [cb for cb in self.callbacks if step % cb.every == 0]
+        if not due:
+            return
+        cuda = self.device.type == "cuda"
+        if cuda:
+            _sync(self.device)
+            self.peak_outside = max(
+                self.peak_outside, int(torch.cuda.max_memory_allocated(self.device))
+            )
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        info = StepInfo(step, self.model, self.optimizer, lr, self.data, self.fixed_batch)
+        for cb in due:
+            cb(info)
+        if cuda:
+            _sync(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def records(self) -> dict[str, list[Any]]:
+        return {cb.name: cb.records() for cb in self.callbacks}
+
+
 def train_run(
     task: Task,
     spec: OptimizerSpec,
@@ -103,12 +159,21 @@ def train_run(
     batch_size: int | None = None,
     eval_every: int | None = None,
     on_step: Callable[[int], None] | None = None,
+    callbacks: Sequence[TrainCallback] | None = None,
+    diagnostic_batch_size: int | None = None,
 ) -> RunResult:
     """Train ``task``'s model with ``spec`` for ``steps`` steps from ``seed``.
 
     The seed fixes the initialisation and the order of batches, so every optimizer sees the
     same data for the same seed. A closure is passed to ``step`` when the optimizer needs one.
     A run whose loss becomes NaN or infinite stops and records ``task.worst``.
+
+    ``callbacks`` (see :class:`gradkit.bench.diagnose.TrainCallback`) are called after every
+    ``callback.every``-th step with a :class:`~gradkit.bench.diagnose.StepInfo`; their records
+    end up in ``RunResult.diagnostics``. Their time is left out of the training time and the
+    step-time share. Their fixed batch (``diagnostic_batch_size`` examples, default
+    ``batch_size``) is drawn from its own generator, so training is the same with or without
+    callbacks. ``on_step(step)`` is called after the callbacks.
     """
     batch_size = batch_size or task.batch_size
     eval_every = max(1, min(eval_every or task.eval_every, steps))
@@ -121,6 +186,11 @@ def train_run(
     result = RunResult(seed=seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    cbs = list(callbacks or ())
+    if cbs:
+        run_callbacks = _Callbacks(
+            cbs, model, optimizer, data, seed, diagnostic_batch_size or batch_size, device
+        )
 
     train_time = step_time = 0.0
     loss_sum, loss_count = 0.0, 0
@@ -176,14 +246,20 @@ def train_run(
             if result.steps_to_target is None and task.reached(value):
                 result.steps_to_target = step + 1
                 result.time_to_target = train_time
+        if cbs:
+            run_callbacks(step + 1)
         if on_step is not None:
             on_step(step + 1)
 
+    if cbs:
+        result.diagnostics = run_callbacks.records()
     result.train_time = train_time
     result.step_time_share = step_time / train_time if train_time > 0 else 0.0
     result.optimizer_state_bytes = _state_bytes(optimizer)
     if device.type == "cuda":
         result.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
+        if cbs:
+            result.peak_memory_bytes = max(result.peak_memory_bytes, run_callbacks.peak_outside)
         result.peak_memory_kind = "cuda max allocated"
     else:
         result.peak_memory_bytes = _rss_bytes()

@@ -7,6 +7,11 @@ width around its paper's setting); secondary learning rates (``*_lr``, e.g. Muon
 are scaled with it. ``search`` adds more hyperparameters. The objective is the
 mean final validation metric over the seeds; per-seed curves and metrics are stored as trial user
 attributes (``run_seed<k>``).
+
+Diagnostics (``StudyPlan.diagnose``, see :mod:`gradkit.bench.diagnose`) run on the first seed of
+every trial only, to bound their cost; they do not change the training itself. They are part of
+the study signature when enabled, so a study with diagnostics is a different study from the
+same budget without them (and the signature of a study without diagnostics is unchanged).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 from optuna.trial import TrialState
 
 from gradkit.bench import workers
+from gradkit.bench.diagnose import make_callbacks
 from gradkit.bench.optimizers import OptimizerSpec, default_lr, scaled_hyperparams
 from gradkit.bench.sampler import LogGridSampler
 from gradkit.bench.task import Task
@@ -59,14 +65,26 @@ class StudyPlan:
     sampler: str = "grid"
     sampler_seed: int = 0
     prefix: str = "gradkit"
+    diagnose: list[str] = field(default_factory=list)
+    diagnose_every: int | None = None
 
     def lr_range(self) -> tuple[float, float]:
+        """The searched learning-rate interval: ``lr_factors`` x the optimizer's default."""
         base = default_lr(self.spec)
         return base * self.lr_factors[0], base * self.lr_factors[1]
 
+    def diagnose_interval(self) -> int:
+        """Steps between two diagnostic measurements (default: the evaluation interval)."""
+        return min(self.diagnose_every or self.eval_every, self.steps)
+
     def signature(self) -> dict[str, Any]:
-        """What makes trials comparable (the trial count is left out: raising it extends)."""
-        return {
+        """What makes trials comparable (the trial count is left out: raising it extends).
+
+        The diagnostics and their interval are included only when some are enabled, so that a
+        study resumed with other ``--diagnose`` options is a separate study rather than one
+        whose trials silently lack (or have) the diagnostics.
+        """
+        sig = {
             "task": self.task.name,
             "optimizer": self.spec.name,
             "seeds": list(self.seeds),
@@ -78,6 +96,10 @@ class StudyPlan:
             "search": sorted(self.search),
             "sampler": self.sampler,
         }
+        if self.diagnose:
+            sig["diagnose"] = sorted(set(self.diagnose))
+            sig["diagnose_every"] = self.diagnose_interval()
+        return sig
 
 
 def study_name(plan: StudyPlan) -> str:
@@ -198,6 +220,11 @@ def run_study(
                     batch_size=plan.batch_size,
                     eval_every=plan.eval_every,
                     on_step=on_step,
+                    callbacks=(
+                        make_callbacks(plan.diagnose, plan.diagnose_interval())
+                        if plan.diagnose and k == 0
+                        else None
+                    ),
                 )
                 trial.set_user_attr(f"run_seed{seed}", result.to_dict())
                 finals.append(result.final_val)
