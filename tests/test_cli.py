@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from bench.tiny_compare import TINY_PLUGIN, tiny_compare_args
 from gradkit.cli import build_parser, main
-
-PLUGIN = str(Path(__file__).parent / "bench" / "tiny_task.py")
 
 
 def _compare_help() -> str:
@@ -64,7 +62,9 @@ def test_bad_input_one_line_exit_2(args, needle, capsys, tmp_path):
 
     if args[:2] == ["--device", "cuda:7"] and torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
-    code = main(["compare", "--task", "tiny", "--plugin", PLUGIN, "--out", str(tmp_path), *args])
+    code = main(
+        ["compare", "--task", "tiny", "--plugin", TINY_PLUGIN, "--out", str(tmp_path), *args]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert needle in err
@@ -97,7 +97,7 @@ def test_tiny_comparison_writes_the_report(tmp_path, capsys):
         [
             "compare",
             "--plugin",
-            PLUGIN,
+            TINY_PLUGIN,
             "--task",
             "tiny,quadratic",
             "--optimizers",
@@ -145,24 +145,7 @@ def test_tiny_comparison_writes_the_report(tmp_path, capsys):
 
 def test_report_only_rebuilds_from_the_storage(tmp_path, capsys):
     out = tmp_path / "r"
-    common = [
-        "compare",
-        "--plugin",
-        PLUGIN,
-        "--task",
-        "tiny",
-        "--optimizers",
-        "adamw",
-        "--trials",
-        "2",
-        "--seeds",
-        "1",
-        "--steps",
-        "10",
-        "--out",
-        str(out),
-        "--quiet",
-    ]
+    common = tiny_compare_args(out, trials=2, steps=10)
     assert main([*common, "--no-report"]) == 0
     assert not (out / "index.html").exists()
     assert main([*common, "--report-only", "--trials", "5"]) == 0  # runs nothing more

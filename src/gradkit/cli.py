@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 __all__ = ["build_parser", "main"]
 
@@ -40,6 +40,11 @@ def _csv(value: str) -> list[str]:
     if not items:
         raise argparse.ArgumentTypeError("expected a comma-separated list")
     return items
+
+
+def _glossary(entries: Mapping[str, str]) -> str:
+    """``name: meaning`` of every entry, joined by ``; `` (for a help text)."""
+    return "; ".join(f"{k}: {v}" for k, v in entries.items())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -126,8 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--search",
         type=_csv,
         default=[],
-        help="more hyperparameters to search: "
-        + "; ".join(f"{k}: {v}" for k, v in SEARCHABLE.items()),
+        help="more hyperparameters to search: " + _glossary(SEARCHABLE),
     )
     g.add_argument(
         "--sampler",
@@ -142,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME[,NAME]",
         help="comma-separated diagnostics measured during training on a fixed batch: "
-        + "; ".join(f"{k}: {v}" for k, v in DIAGNOSTICS.items())
+        + _glossary(DIAGNOSTICS)
         + ". Part of the study name: a study run with other --diagnose options is a new study",
     )
     g.add_argument(

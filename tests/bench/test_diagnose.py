@@ -6,10 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from tiny_compare import TINY_PLUGIN
 from tiny_task import TINY
 from torch import nn
 
@@ -21,7 +21,6 @@ from gradkit.bench.tuning import StudyPlan, study_name
 from gradkit.cli import main
 
 CPU = torch.device("cpu")
-PLUGIN = str(Path(__file__).parent / "tiny_task.py")
 
 
 def _spec(name: str = "sgd"):
@@ -116,7 +115,9 @@ def test_sharpness_in_compare_matches_eigvalsh_and_report_has_the_figure(tmp_pat
     ],
 )
 def test_bad_diagnose_options_are_one_line_errors(extra, needle, tmp_path, capsys):
-    code = main(["compare", "--task", "tiny", "--plugin", PLUGIN, "--out", str(tmp_path), *extra])
+    code = main(
+        ["compare", "--task", "tiny", "--plugin", TINY_PLUGIN, "--out", str(tmp_path), *extra]
+    )
     err = capsys.readouterr().err
     assert code == 2 and needle in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
+from tiny_compare import tiny_worker_command
 
 URL = os.environ.get("GRADKIT_TEST_POSTGRES_URL")
 pytestmark = [
     pytest.mark.postgres,
     pytest.mark.skipif(not URL, reason="set GRADKIT_TEST_POSTGRES_URL (bash .ci/postgres.sh)"),
 ]
-PLUGIN = str(Path(__file__).parent / "tiny_task.py")
 N_TRIALS = 6
 
 
@@ -27,34 +25,7 @@ def test_two_workers_share_one_study(tmp_path):
     from optuna.trial import TrialState
 
     prefix = f"pgtest-{uuid.uuid4().hex[:10]}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "gradkit.cli",
-        "compare",
-        "--plugin",
-        PLUGIN,
-        "--task",
-        "tiny",
-        "--optimizers",
-        "adamw",
-        "--trials",
-        str(N_TRIALS),
-        "--seeds",
-        "1",
-        "--steps",
-        "20",
-        "--eval-every",
-        "10",
-        "--storage",
-        URL,
-        "--study-prefix",
-        prefix,
-        "--no-report",
-        "--quiet",
-        "--out",
-        str(tmp_path),
-    ]
+    cmd = tiny_worker_command(tmp_path, URL, trials=N_TRIALS, extra=["--study-prefix", prefix])
     env = dict(os.environ, GRADKIT_TINY_SLEEP="0.03")
     procs = [subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for p in procs:

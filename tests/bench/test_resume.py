@@ -5,44 +5,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
-
-HERE = Path(__file__).parent
-PLUGIN = str(HERE / "tiny_task.py")
+from tiny_compare import tiny_worker_command
 
 
 def _cmd(out: Path, db: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "gradkit.cli",
-        "compare",
-        "--plugin",
-        PLUGIN,
-        "--task",
-        "tiny",
-        "--optimizers",
-        "adamw",
-        "--trials",
-        "6",
-        "--seeds",
-        "1",
-        "--steps",
-        "20",
-        "--eval-every",
-        "10",
-        "--storage",
-        f"sqlite:///{db}",
-        "--out",
-        str(out),
-        "--quiet",
-        "--no-report",
-    ]
+    return tiny_worker_command(out, f"sqlite:///{db}", trials=6)
 
 
 def _trials(db: Path) -> list[optuna.trial.FrozenTrial]:

@@ -245,13 +245,21 @@ def _series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     return steps, vals
 
 
+def _with_records(
+    results: list[OptimizerResult], name: str
+) -> list[tuple[int, OptimizerResult, list[dict]]]:
+    """``(i, result, records)`` of the optimizers whose best configuration recorded diagnostic
+    ``name``; ``i`` is the optimizer's place in ``results`` (its colour)."""
+    found = [(i, res, diagnostic_records(res.best, name)) for i, res in enumerate(results)]
+    return [(i, res, recs) for i, res, recs in found if recs]
+
+
 def plot_sharpness(results: list[OptimizerResult], path: Path) -> Path | None:
     """Sharpness (top Hessian eigenvalue on the fixed batch) against step, one line per
     optimizer (best configuration, seed 0), with its stability edge 2/lr dashed in the same
     colour. Log scale; non-positive eigenvalues are not drawn. None if nothing was recorded."""
     task = results[0].task
-    found = [(i, res, diagnostic_records(res.best, "sharpness")) for i, res in enumerate(results)]
-    found = [(i, res, recs) for i, res, recs in found if recs]
+    found = _with_records(results, "sharpness")
     if not found:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.8))
@@ -298,8 +306,7 @@ def plot_subspace(results: list[OptimizerResult], path: Path) -> Path | None:
     eigenspace with the first measurement's (dotted), against step; best configuration, seed 0.
     None if nothing was recorded."""
     task = results[0].task
-    found = [(i, res, diagnostic_records(res.best, "subspace")) for i, res in enumerate(results)]
-    found = [(i, res, recs) for i, res, recs in found if recs]
+    found = _with_records(results, "subspace")
     if not found:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.4))

@@ -7,6 +7,8 @@ the targets of these tasks and drawn as reference lines in the report.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from gradkit.bench.classification import classification_task
@@ -52,36 +54,41 @@ class Mnist1dCNN(nn.Module):
         return self.head(self.features(x.unsqueeze(1)).flatten(1))
 
 
-register_task(
-    classification_task(
-        "mnist1d-mlp",
-        mnist1d_mlp,
-        load_mnist1d,
-        target=REFERENCE_ACCURACY["mlp"],
-        description="MNIST-1D (generated, 4000 train / 1000 test), MLP 40-256-256-10",
-        steps=1200,
-        batch_size=100,
-        eval_every=100,
-        trials=4,
-        seeds=3,
-        lr_factors=(0.5, 100.0),
-        references=REFERENCES,
+def _register_mnist1d(
+    name: str, build_model: Callable[[], nn.Module], *, model: str, target: float, steps: int
+) -> None:
+    """Register an MNIST-1D task training ``build_model()`` (described as ``model``) on the
+    budget every MNIST-1D model shares: batches of 100, evaluation every 100 steps, 4 trials x
+    3 seeds, lr searched over 0.5-100 x the optimizer's default, the paper's references."""
+    register_task(
+        classification_task(
+            name,
+            build_model,
+            load_mnist1d,
+            target=target,
+            description=f"MNIST-1D (generated, 4000 train / 1000 test), {model}",
+            steps=steps,
+            batch_size=100,
+            eval_every=100,
+            trials=4,
+            seeds=3,
+            lr_factors=(0.5, 100.0),
+            references=REFERENCES,
+        )
     )
-)
 
-register_task(
-    classification_task(
-        "mnist1d-cnn",
-        Mnist1dCNN,
-        load_mnist1d,
-        target=REFERENCE_ACCURACY["cnn"],
-        description="MNIST-1D (generated, 4000 train / 1000 test), 3-layer 1-D CNN",
-        steps=1000,
-        batch_size=100,
-        eval_every=100,
-        trials=4,
-        seeds=3,
-        lr_factors=(0.5, 100.0),
-        references=REFERENCES,
-    )
+
+_register_mnist1d(
+    "mnist1d-mlp",
+    mnist1d_mlp,
+    model="MLP 40-256-256-10",
+    target=REFERENCE_ACCURACY["mlp"],
+    steps=1200,
+)
+_register_mnist1d(
+    "mnist1d-cnn",
+    Mnist1dCNN,
+    model="3-layer 1-D CNN",
+    target=REFERENCE_ACCURACY["cnn"],
+    steps=1000,
 )
