@@ -202,3 +202,44 @@ def test_missing_closure_is_a_clear_error(name: str) -> None:
 def test_negative_lr_is_refused_at_construction(name: str) -> None:
     with pytest.raises(ValueError, match="lr"):
         _make(name, _model(), lr=-1.0)
+
+
+def _flat_ok(name: str) -> bool:
+    opt = _make(name, _model())
+    return (
+        bool(getattr(getattr(opt, "transform", None), "flat_ok", False))
+        and not get_info(name).needs_closure
+    )
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if _flat_ok(n)])
+def test_flat_path_resumes_bit_exactly_and_counts_steps(name: str) -> None:
+    """The flat buffers (fused="flat": the fast path's layout without compiling) resume exactly
+    like the eager path, and every parameter's step counter is right."""
+    ref = _model()
+    opt = _make(name, ref, fused="flat")
+    for t in range(2 * STEPS):
+        _step(ref, opt, t)
+    assert all(opt.state[p]["step"].item() == 2 * STEPS for p in ref.parameters())
+    first = _model()
+    opt1 = _make(name, first, fused="flat")
+    for t in range(STEPS):
+        _step(first, opt1, t)
+    buf = io.BytesIO()
+    torch.save({"model": first.state_dict(), "opt": opt1.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf)
+    resumed = _model(seed=123)
+    resumed.load_state_dict(ckpt["model"])
+    opt2 = _make(name, resumed, fused="flat")
+    opt2.load_state_dict(ckpt["opt"])
+    for t in range(STEPS, 2 * STEPS):
+        _step(resumed, opt2, t)
+    for p, q in zip(ref.parameters(), resumed.parameters()):
+        assert torch.equal(p, q), name
+    eager = _model()
+    opt3 = _make(name, eager, fused=False)
+    for t in range(2 * STEPS):
+        _step(eager, opt3, t)
+    for p, q in zip(ref.parameters(), eager.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

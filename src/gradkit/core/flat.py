@@ -137,7 +137,10 @@ class FlatGroup:
         self._viewed: dict[str, tuple[int, int]] = {}
         self.step: int | None = None
         self._param_ptrs: list[int] = []
-        self._grad_ptrs: list[int] = []
+        self._grad_views: list[Tensor] = []
+        #: every parameter's ``state[p]["step"]`` is a 0-d view into this one tensor, so that
+        #: counting a step is one op instead of one per parameter
+        self.step_flat: Tensor = torch.empty(0)
 
     # ------------------------------------------------------------------ building
     @staticmethod
@@ -191,13 +194,11 @@ class FlatGroup:
                 p.data = fg.param_flat[off : off + n].view_as(p)
                 p.grad = fg.grad_flat[off : off + n].view_as(p)
         fg._param_ptrs = [p.data_ptr() for p in params]
-        fg._grad_ptrs = [p.grad.data_ptr() for p in params]
+        fg._grad_views = [p.grad for p in params]
         if fg.step is None:  # fresh state, made on the flat buffer
             fresh = optimizer.transform.init([fg.param_flat])
             for k, v in fresh.items():
                 fg.state_flat[k] = v[0]
-            for p in params:
-                optimizer.state[p]["step"] = torch.tensor(0.0, dtype=torch.float32)
             fg.step = 0
             for k, flat in fg.state_flat.items():
                 for p, off, n in zip(params, fg.offsets, fg.numels):
@@ -212,6 +213,9 @@ class FlatGroup:
                     fg.state_flat[k] = torch.empty(0, dtype=states[0][k].dtype, device=p0.device)
                 else:
                     fg.state_flat[k] = torch.cat([st[k].reshape(-1) for st in states])
+        fg.step_flat = torch.full((len(params),), float(fg.step), dtype=torch.float32)
+        for i, p in enumerate(params):
+            optimizer.state[p]["step"] = fg.step_flat[i]
         fg.sync_state_views(optimizer)
         return fg
 
@@ -245,17 +249,19 @@ class FlatGroup:
         return True
 
     def adopt_grads(self) -> None:
-        """Copy in any grad that is not our view (e.g. after model.zero_grad(set_to_none=True))."""
-        for p, off, n, ptr in zip(self.params, self.offsets, self.numels, self._grad_ptrs):
-            g = p.grad
-            if g.data_ptr() != ptr or g.shape != p.shape:
-                view = self.grad_flat[off : off + n].view_as(p)
-                view.copy_(g)
+        """Copy in any grad that is not our view (e.g. after model.zero_grad(set_to_none=True)).
+
+        Autograd accumulates into an existing ``.grad`` in place, so after a backward pass each
+        gradient is still the very view object set here; only replaced ones need a copy.
+        """
+        for p, view in zip(self.params, self._grad_views):
+            if p.grad is not view:
+                view.copy_(p.grad)
                 p.grad = view
 
     def zero_grad(self) -> None:
         """Zero the flat grad buffer in one pass and make every grad our view again."""
         self.grad_flat.zero_()
-        for p, off, n, ptr in zip(self.params, self.offsets, self.numels, self._grad_ptrs):
-            if p.grad is None or p.grad.data_ptr() != ptr:
-                p.grad = self.grad_flat[off : off + n].view_as(p)
+        for p, view in zip(self.params, self._grad_views):
+            if p.grad is not view:
+                p.grad = view

@@ -159,7 +159,7 @@ class ChainOptimizer(Optimizer):
         for k, v in state.items():  # a transform may have rebound a lazily allocated buffer
             fg.state_flat[k] = v[0]
         fg.step = step
-        torch._foreach_add_([self.state[p]["step"] for p in fg.params], 1.0)
+        fg.step_flat.add_(1.0)  # every state[p]["step"] is a view into it
         fg.sync_state_views(self)
         return True
 
