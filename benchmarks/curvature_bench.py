@@ -30,6 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from gradkit.bench.tasks_mnist1d import mnist1d_mlp
 from gradkit.curvature import HessianOperator, hutchinson_trace, top_eigenpairs
 
 
@@ -48,13 +49,7 @@ def make_data(num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def make_model(hidden: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(40, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, 10),
-    )
+    return mnist1d_mlp(hidden)
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
@@ -236,16 +231,13 @@ def oracle_counts(model, x, y, ref: float, targets: list[float], seeds: int, ste
     Rayleigh quotient for power iteration (PyHessian, hessian-eigenthings power iteration).
     Separates the algorithms from the libraries' stopping rules. Mean over seeds.
     """
-    from gradkit.curvature._utils import flatten, unflatten
+    from gradkit.curvature._utils import FlatMatvec, flatten
     from gradkit.curvature.lanczos import _Lanczos, _random_unit
 
     crit = nn.functional.cross_entropy
     op = HessianOperator(model, crit, (x, y))
     n = op.dim
-
-    def mv(v):
-        return flatten(op.matvec(unflatten(v, op.params)))
-
+    mv = FlatMatvec(op)
     g = flatten(op.gradient())
     out: dict[str, list[list[int]]] = {}
     for seed in range(seeds):

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import pytest
 import torch
 from torch import nn
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """One intra-op thread inside the block (tiny tensors: more threads only add contention)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def single_threaded_tests() -> Iterator[None]:
+    """Each test on one intra-op thread: avoids oversubscription on a loaded 2-core runner.
+
+    Autouse in every test module that imports it (``from helpers import single_threaded_tests``).
+    """
+    with single_thread():
+        yield
 
 
 def make_mlp(
@@ -43,18 +66,38 @@ def regression_batches(
     return out
 
 
+def mse_closure(
+    opt: torch.optim.Optimizer, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> Callable[[], torch.Tensor]:
+    """The closure ``opt.step`` takes: zero the gradients, MSE loss of ``model`` on (x, y), backward."""
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def grad_at(
+    model: nn.Module, point: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor
+) -> list[torch.Tensor]:
+    """The MSE-loss gradient at parameters ``point`` (copied into ``model``) on (x, y)."""
+    params = list(model.parameters())
+    with torch.no_grad():
+        for p, v in zip(params, point):
+            p.copy_(v)
+    loss = nn.functional.mse_loss(model(x), y)
+    return [g.detach() for g in torch.autograd.grad(loss, params)]
+
+
 def train(
     model: nn.Module, opt: torch.optim.Optimizer, batches, scheduler=None, use_closure: bool = False
 ) -> list[float]:
     losses = []
     for x, y in batches:
-
-        def closure(x=x, y=y):
-            opt.zero_grad()
-            loss = nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            return loss
-
+        closure = mse_closure(opt, model, x, y)
         if use_closure:
             loss = opt.step(closure)
         else:

@@ -62,24 +62,27 @@ def compare(
     return max_rel_diff(a, b)
 
 
-def resume_is_bit_exact(make: Callable, tmp_path, steps: int = 30) -> bool:
-    """30 steps, save, load into a fresh optimizer and model, 30 more == 60 uninterrupted."""
+def resume_is_bit_exact(
+    make: Callable, tmp_path, steps: int = 30, use_closure: bool = False
+) -> bool:
+    """``steps`` steps, save, load into a fresh optimizer and model, ``steps`` more: the same as
+    ``2 * steps`` uninterrupted. ``use_closure``: pass the loss closure to ``step`` (SAM, GAM...)."""
     batches = regression_batches(2 * steps)
     torch.manual_seed(0)
     ref = make_mlp()
-    train(ref, make(ref.parameters()), batches)
+    train(ref, make(ref.parameters()), batches, use_closure=use_closure)
 
     torch.manual_seed(0)
     first = make_mlp()
     opt1 = make(first.parameters())
-    train(first, opt1, batches[:steps])
+    train(first, opt1, batches[:steps], use_closure=use_closure)
     torch.save({"model": first.state_dict(), "opt": opt1.state_dict()}, tmp_path / "ckpt.pt")
     ckpt = torch.load(tmp_path / "ckpt.pt")
     resumed = make_mlp(seed=123)
     resumed.load_state_dict(ckpt["model"])
     opt2 = make(resumed.parameters())
     opt2.load_state_dict(ckpt["opt"])
-    train(resumed, opt2, batches[steps:])
+    train(resumed, opt2, batches[steps:], use_closure=use_closure)
     return all(torch.equal(p, q) for p, q in zip(ref.parameters(), resumed.parameters()))
 
 

@@ -7,15 +7,7 @@ import torch
 from torch import nn
 
 from curvature.curvature_dense import Problem, dense_hessian, make_mlp
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; oversubscribed threads slow them 50x on a busy CI."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from helpers import single_threaded_tests  # noqa: F401  (autouse: one intra-op thread)
 
 
 @pytest.fixture

@@ -6,24 +6,14 @@ import pytest
 import torch
 from torch import nn
 
+from diagnostics.linear_problems import linear_regression
 from gradkit.diagnostics.sharpness import SharpnessTracker, plot_sharpness, sharpness
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from helpers import single_threaded_tests  # noqa: F401  (autouse: one intra-op thread)
 
 
 def _linear_regression(seed: int = 0, n: int = 64, d: int = 30):
     """Model w -> X w with MSE: the Hessian is 2 X^T X / n whatever w is."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.3, 2.0, d).double()
-    y = torch.randn(n, 1, generator=g, dtype=torch.float64)
-    torch.manual_seed(seed)
-    model = nn.Linear(d, 1, bias=False).double()
+    model, x, y = linear_regression(seed, n, d, scale=(0.3, 2.0))
     hess = 2.0 * x.T @ x / n
     return model, x, y, hess
 

@@ -7,14 +7,7 @@ import torch
 from torch import nn
 
 from gradkit.diagnostics.spectrum import hessian_spectrum, plot_spectrum, split_outliers
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from helpers import single_threaded_tests  # noqa: F401  (autouse: one intra-op thread)
 
 
 def _spiked_regression(d: int = 40, spikes=(60.0, 45.0, 30.0)):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from diagnostics.linear_problems import linear_regression
 from gradkit.diagnostics.subspace import (
     SubspaceTracker,
     gradient_fraction,
@@ -15,23 +16,11 @@ from gradkit.diagnostics.subspace import (
     plot_subspace,
     subspace_overlap,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from helpers import single_threaded_tests  # noqa: F401  (autouse: one intra-op thread)
 
 
 def _quadratic(seed: int = 0, n: int = 50, d: int = 12):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.2, 3.0, d).double()
-    y = torch.randn(n, 1, generator=g, dtype=torch.float64)
-    torch.manual_seed(seed)
-    model = nn.Linear(d, 1, bias=False).double()
-    return model, x, y
+    return linear_regression(seed, n, d, scale=(0.2, 3.0))
 
 
 def _closed_form(model, x, y, k):

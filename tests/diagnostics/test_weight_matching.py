@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradkit.bench.tasks_mnist1d import mnist1d_mlp
 from gradkit.diagnostics.connectivity import linear_interpolation
 from gradkit.diagnostics.weight_matching import (
     PermutationSpec,
@@ -152,9 +153,7 @@ def test_hand_written_spec():
 
 def _train_mnist1d_mlp(x, y, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Linear(40, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
-    )
+    model = mnist1d_mlp(hidden=64)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(12):

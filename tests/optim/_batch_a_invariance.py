@@ -7,10 +7,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._batch_a_util import one_thread
+from helpers import single_thread
 
 
-@one_thread
+@single_thread()
 def norm_growth(make: Callable, lr: float, steps: int = 200) -> tuple[float, float]:
     """Train ``w`` of ``tanh(batchnorm(x w^T)) @ head``; return (||w_end|| / ||w_0||, final loss)."""
     g = torch.Generator().manual_seed(0)

@@ -2,38 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from helpers import single_thread
+
 Factory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 GradFn = Callable[[list[torch.Tensor]], list[torch.Tensor]]
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add contention (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def one_thread(fn: Callable) -> Callable:
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with _one_thread():
-            return fn(*args, **kwargs)
-
-    return wrapper
+#: a written-out update: ``step_fn(params, grads, state) -> new params``
+StepFn = Callable[[list[torch.Tensor], list[torch.Tensor], dict], list[torch.Tensor]]
 
 
 def mlp_problem(seed: int = 0, dtype: torch.dtype = torch.float64) -> tuple[nn.Module, Callable]:
@@ -81,7 +63,44 @@ def quadratic_problem(
     return params, grads
 
 
-@one_thread
+def _trajectory(
+    params: list[torch.Tensor], step: Callable[[], None], steps: int, record_every: int
+) -> list[list[torch.Tensor]]:
+    """Call ``step()`` ``steps`` times; snapshots of ``params`` every ``record_every`` steps."""
+    snaps: list[list[torch.Tensor]] = []
+    for t in range(steps):
+        step()
+        if (t + 1) % record_every == 0:
+            snaps.append([p.detach().clone() for p in params])
+    return snaps
+
+
+def _problem(
+    problem: str, dtype: torch.dtype
+) -> tuple[list[torch.Tensor], Callable[[], list[torch.Tensor]]]:
+    """The parameters of ``problem`` ("mlp" or "quadratic") and a function that returns the
+    gradient at their current values."""
+    if problem == "mlp":
+        model, loss_fn = mlp_problem(dtype=dtype)
+        params = list(model.parameters())
+
+        def grads() -> list[torch.Tensor]:
+            for p in params:
+                p.grad = None
+            loss_fn(model).backward()
+            return [p.grad.detach().clone() for p in params]
+
+        return params, grads
+    init, grad_fn = quadratic_problem(dtype=dtype)
+    params = [p.clone().requires_grad_(True) for p in init]
+
+    def quadratic_grads() -> list[torch.Tensor]:
+        return grad_fn([p.detach() for p in params])
+
+    return params, quadratic_grads
+
+
+@single_thread()
 def run_torch(
     factory: Factory,
     steps: int = 120,
@@ -90,67 +109,37 @@ def run_torch(
     record_every: int = 10,
 ) -> list[list[torch.Tensor]]:
     """Train with a torch optimizer; return snapshots of all parameters every ``record_every`` steps."""
-    snaps: list[list[torch.Tensor]] = []
-    if problem == "mlp":
-        model, loss_fn = mlp_problem(dtype=dtype)
-        params = list(model.parameters())
-        opt = factory(params)
-        for t in range(steps):
-            opt.zero_grad()
-            loss_fn(model).backward()
-            opt.step()
-            if (t + 1) % record_every == 0:
-                snaps.append([p.detach().clone() for p in params])
-        return snaps
-    init, grad_fn = quadratic_problem(dtype=dtype)
-    params = [p.clone().requires_grad_(True) for p in init]
+    params, grads = _problem(problem, dtype)
     opt = factory(params)
-    for t in range(steps):
-        with torch.no_grad():
-            for p, gr in zip(params, grad_fn([p.detach() for p in params])):
-                p.grad = gr
+
+    def step() -> None:
+        for p, g in zip(params, grads()):
+            p.grad = g
         opt.step()
-        if (t + 1) % record_every == 0:
-            snaps.append([p.detach().clone() for p in params])
-    return snaps
+
+    return _trajectory(params, step, steps, record_every)
 
 
-@one_thread
+@single_thread()
 def run_manual(
-    step_fn: Callable[[list[torch.Tensor], list[torch.Tensor], dict], list[torch.Tensor]],
+    step_fn: StepFn,
     steps: int = 120,
     problem: str = "mlp",
     dtype: torch.dtype = torch.float64,
     record_every: int = 10,
 ) -> list[list[torch.Tensor]]:
     """Train with a written-out update ``step_fn(params, grads, state) -> new params``."""
-    snaps: list[list[torch.Tensor]] = []
+    params, grads = _problem(problem, dtype)
     state: dict = {}
-    if problem == "mlp":
-        model, loss_fn = mlp_problem(dtype=dtype)
-        params = list(model.parameters())
 
-        def grads_of(ps: list[torch.Tensor]) -> list[torch.Tensor]:
-            for p in params:
-                p.grad = None
-            loss_fn(model).backward()
-            return [p.grad.detach().clone() for p in params]
-    else:
-        init, grad_fn = quadratic_problem(dtype=dtype)
-        params = [p.clone() for p in init]
-
-        def grads_of(ps: list[torch.Tensor]) -> list[torch.Tensor]:
-            return grad_fn([p.detach() for p in ps])
-
-    for t in range(steps):
-        gs = grads_of(params)
+    def step() -> None:
+        gs = grads()
         with torch.no_grad():
             new = step_fn([p.detach().clone() for p in params], gs, state)
             for p, n in zip(params, new):
                 p.copy_(n)
-        if (t + 1) % record_every == 0:
-            snaps.append([p.detach().clone() for p in params])
-    return snaps
+
+    return _trajectory(params, step, steps, record_every)
 
 
 def run_optax(
@@ -189,6 +178,40 @@ def assert_trajectories_close(
             )
 
 
+def check_matches_written_out(
+    factory: Factory,
+    step_fn: StepFn,
+    problem: str = "mlp",
+    *,
+    rtol: float,
+    atol: float,
+) -> None:
+    """The optimizer's float64 trajectory moves and matches the written-out update ``step_fn``."""
+    got = run_torch(factory, problem=problem)
+    want = run_manual(step_fn, problem=problem)
+    assert_moves(got, problem)
+    assert_trajectories_close(got, want, rtol=rtol, atol=atol)
+
+
+def check_matches_reference(
+    factory: Factory, reference: Factory, problem: str = "mlp", *, rtol: float, atol: float
+) -> None:
+    """The optimizer's float64 trajectory matches a reference torch optimizer's (a library's)."""
+    got = run_torch(factory, problem=problem)
+    want = run_torch(reference, problem=problem)
+    assert_trajectories_close(got, want, rtol=rtol, atol=atol)
+
+
+def check_float32(
+    factory: Factory,
+    step_fn: StepFn,
+) -> None:
+    """The optimizer in float32 stays within float32 tolerance of the float64 written-out update."""
+    got = run_torch(factory, dtype=torch.float32)
+    want = run_manual(step_fn)
+    assert_trajectories_close([[x.double() for x in s] for s in got], want, rtol=1e-4, atol=1e-5)
+
+
 def assert_moves(snaps: list[list[torch.Tensor]], problem: str = "mlp") -> None:
     """Guard against a vacuous comparison: the parameters must have changed."""
     if problem == "mlp":
@@ -200,7 +223,7 @@ def assert_moves(snaps: list[list[torch.Tensor]], problem: str = "mlp") -> None:
     assert moved > 1e-3
 
 
-@one_thread
+@single_thread()
 def check_resume(factory: Factory, steps: int = 30) -> None:
     """30 steps, save, load into a fresh optimizer and model copy, 30 more: bit-identical."""
     model, loss_fn = mlp_problem(dtype=torch.float32)

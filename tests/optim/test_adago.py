@@ -8,15 +8,7 @@ import torch
 import gradkit
 from gradkit.optim.adago import AdaGO
 from gradkit.transforms.orthogonalize import newton_schulz
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+from helpers import single_threaded_tests  # noqa: F401  (autouse: one intra-op thread)
 
 SHAPES = [(12, 6), (6, 10), (4, 2, 3)]
 

@@ -8,12 +8,10 @@ import torch
 from gradkit.optim.adamomentum import AdaMomentum
 
 from ._batch_a_util import (
-    assert_moves,
-    assert_trajectories_close,
     check_bad_hyperparameters,
+    check_float32,
+    check_matches_written_out,
     check_resume,
-    run_manual,
-    run_torch,
 )
 
 LR = 3e-3
@@ -47,16 +45,17 @@ def paper_adamomentum(lr: float, b1: float, b2: float, eps: float, wd: float):
 @pytest.mark.parametrize("wd", [0.0, 1e-2])
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
 def test_matches_paper_algorithm(problem: str, wd: float) -> None:
-    got = run_torch(lambda p: AdaMomentum(p, lr=LR, weight_decay=wd), problem=problem)
-    want = run_manual(paper_adamomentum(LR, 0.9, 0.999, 1e-8, wd), problem=problem)
-    assert_moves(got, problem)
-    assert_trajectories_close(got, want, rtol=1e-10, atol=1e-12)
+    check_matches_written_out(
+        lambda p: AdaMomentum(p, lr=LR, weight_decay=wd),
+        paper_adamomentum(LR, 0.9, 0.999, 1e-8, wd),
+        problem,
+        rtol=1e-10,
+        atol=1e-12,
+    )
 
 
 def test_float32() -> None:
-    got = run_torch(lambda p: AdaMomentum(p, lr=LR), dtype=torch.float32)
-    want = run_manual(paper_adamomentum(LR, 0.9, 0.999, 1e-8, 0.0))
-    assert_trajectories_close([[x.double() for x in s] for s in got], want, rtol=1e-4, atol=1e-5)
+    check_float32(lambda p: AdaMomentum(p, lr=LR), paper_adamomentum(LR, 0.9, 0.999, 1e-8, 0.0))
 
 
 def test_differs_from_adam() -> None:

@@ -12,12 +12,11 @@ from gradkit.optim.adamp import AdamP
 
 from ._batch_a_invariance import norm_growth
 from ._batch_a_util import (
-    assert_moves,
-    assert_trajectories_close,
     check_bad_hyperparameters,
+    check_float32,
+    check_matches_reference,
+    check_matches_written_out,
     check_resume,
-    run_manual,
-    run_torch,
 )
 
 LR, WD = 3e-3, 1e-2
@@ -61,26 +60,28 @@ def written_out(lr, b1, b2, eps, wd, delta=0.1, wd_ratio=0.1, nesterov=False, hi
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
 def test_matches_written_out(problem: str, nesterov: bool) -> None:
     hits: list[int] = []
-    got = run_torch(lambda p: AdamP(p, lr=LR, weight_decay=WD, nesterov=nesterov), problem=problem)
-    want = run_manual(
-        written_out(LR, 0.9, 0.999, 1e-8, WD, nesterov=nesterov, hits=hits), problem=problem
+    check_matches_written_out(
+        lambda p: AdamP(p, lr=LR, weight_decay=WD, nesterov=nesterov),
+        written_out(LR, 0.9, 0.999, 1e-8, WD, nesterov=nesterov, hits=hits),
+        problem,
+        rtol=1e-10,
+        atol=1e-12,
     )
-    assert_moves(got, problem)
     if problem == "mlp":
         assert 0 in hits  # the batch-normalized layer is projected
-    assert_trajectories_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
 def test_matches_torch_optimizer(problem: str, nesterov: bool) -> None:
     torch_optimizer = pytest.importorskip("torch_optimizer")
-    got = run_torch(lambda p: AdamP(p, lr=LR, weight_decay=WD, nesterov=nesterov), problem=problem)
-    want = run_torch(
+    check_matches_reference(
+        lambda p: AdamP(p, lr=LR, weight_decay=WD, nesterov=nesterov),
         lambda p: torch_optimizer.AdamP(p, lr=LR, weight_decay=WD, nesterov=nesterov),
-        problem=problem,
+        problem,
+        rtol=1e-10,
+        atol=1e-12,
     )
-    assert_trajectories_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
@@ -88,17 +89,17 @@ def test_matches_pytorch_optimizer(problem: str) -> None:
     pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
     # pytorch-optimizer adds eps to sqrt(v) before bias correction: eps=1e-12 makes it immaterial
     # (the projection's own eps is then 1e-12 in both)
-    got = run_torch(lambda p: AdamP(p, lr=LR, eps=1e-12, weight_decay=WD), problem=problem)
-    want = run_torch(
-        lambda p: pytorch_optimizer.AdamP(p, lr=LR, eps=1e-12, weight_decay=WD), problem=problem
+    check_matches_reference(
+        lambda p: AdamP(p, lr=LR, eps=1e-12, weight_decay=WD),
+        lambda p: pytorch_optimizer.AdamP(p, lr=LR, eps=1e-12, weight_decay=WD),
+        problem,
+        rtol=1e-8,
+        atol=1e-10,
     )
-    assert_trajectories_close(got, want, rtol=1e-8, atol=1e-10)
 
 
 def test_float32() -> None:
-    got = run_torch(lambda p: AdamP(p, lr=LR, weight_decay=WD), dtype=torch.float32)
-    want = run_manual(written_out(LR, 0.9, 0.999, 1e-8, WD))
-    assert_trajectories_close([[x.double() for x in s] for s in got], want, rtol=1e-4, atol=1e-5)
+    check_float32(lambda p: AdamP(p, lr=LR, weight_decay=WD), written_out(LR, 0.9, 0.999, 1e-8, WD))
 
 
 def test_keeps_scale_invariant_norm_from_growing() -> None:

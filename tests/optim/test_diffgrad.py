@@ -10,12 +10,11 @@ import torch
 from gradkit.optim.diffgrad import DiffGrad
 
 from ._batch_a_util import (
-    assert_moves,
-    assert_trajectories_close,
     check_bad_hyperparameters,
+    check_float32,
+    check_matches_reference,
+    check_matches_written_out,
     check_resume,
-    run_manual,
-    run_torch,
 )
 
 LR = 3e-3
@@ -43,42 +42,51 @@ def paper_diffgrad(lr: float, b1: float, b2: float, eps: float, wd: float):
     return step
 
 
+def _tiny_eps(p):
+    """diffGrad with eps = 1e-12: the libraries' different placement of eps is then immaterial."""
+    return DiffGrad(p, lr=LR, eps=1e-12, weight_decay=1e-2)
+
+
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
 def test_matches_paper_algorithm(problem: str) -> None:
-    got = run_torch(lambda p: DiffGrad(p, lr=LR, weight_decay=1e-2), problem=problem)
-    want = run_manual(paper_diffgrad(LR, 0.9, 0.999, 1e-8, 1e-2), problem=problem)
-    assert_moves(got, problem)
-    assert_trajectories_close(got, want, rtol=1e-10, atol=1e-12)
+    check_matches_written_out(
+        lambda p: DiffGrad(p, lr=LR, weight_decay=1e-2),
+        paper_diffgrad(LR, 0.9, 0.999, 1e-8, 1e-2),
+        problem,
+        rtol=1e-10,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
 def test_matches_torch_optimizer(problem: str) -> None:
     torch_optimizer = pytest.importorskip("torch_optimizer")
     # the library adds eps to sqrt(v) before bias correction; eps=1e-12 makes that immaterial
-    got = run_torch(lambda p: DiffGrad(p, lr=LR, eps=1e-12, weight_decay=1e-2), problem=problem)
-    want = run_torch(
-        lambda p: torch_optimizer.DiffGrad(p, lr=LR, eps=1e-12, weight_decay=1e-2), problem=problem
+    check_matches_reference(
+        _tiny_eps,
+        lambda p: torch_optimizer.DiffGrad(p, lr=LR, eps=1e-12, weight_decay=1e-2),
+        problem,
+        rtol=1e-8,
+        atol=1e-9,
     )
-    assert_trajectories_close(got, want, rtol=1e-8, atol=1e-9)
 
 
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
 def test_matches_pytorch_optimizer(problem: str) -> None:
     pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
-    got = run_torch(lambda p: DiffGrad(p, lr=LR, eps=1e-12, weight_decay=1e-2), problem=problem)
-    want = run_torch(
+    check_matches_reference(
+        _tiny_eps,
         lambda p: pytorch_optimizer.DiffGrad(
             p, lr=LR, eps=1e-12, weight_decay=1e-2, weight_decouple=False
         ),
-        problem=problem,
+        problem,
+        rtol=1e-8,
+        atol=1e-9,
     )
-    assert_trajectories_close(got, want, rtol=1e-8, atol=1e-9)
 
 
 def test_float32_close_to_float64() -> None:
-    got = run_torch(lambda p: DiffGrad(p, lr=LR), dtype=torch.float32)
-    want = run_manual(paper_diffgrad(LR, 0.9, 0.999, 1e-8, 0.0))
-    assert_trajectories_close([[x.double() for x in s] for s in got], want, rtol=1e-4, atol=1e-5)
+    check_float32(lambda p: DiffGrad(p, lr=LR), paper_diffgrad(LR, 0.9, 0.999, 1e-8, 0.0))
 
 
 def test_friction_halves_the_first_step_of_a_tiny_gradient() -> None:

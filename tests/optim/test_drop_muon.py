@@ -8,15 +8,7 @@ import torch
 import gradkit
 from gradkit.optim.drop_muon import DropMuon
 from gradkit.optim.muon import Muon
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+from helpers import single_threaded_tests  # noqa: F401  (autouse: one intra-op thread)
 
 SHAPES = [(8, 6), (6, 6), (6, 10), (10, 4), (4,)]
 

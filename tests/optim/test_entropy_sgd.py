@@ -10,16 +10,14 @@ import torch
 from torch import nn
 
 from gradkit.optim.entropy_sgd import EntropySGD
-from helpers import make_mlp, max_rel_diff, regression_batches
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread avoids oversubscription on a loaded 2-core runner."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from helpers import (
+    make_mlp,
+    max_rel_diff,
+    regression_batches,
+    single_threaded_tests,  # noqa: F401  (autouse: one intra-op thread)
+    train,
+)
+from helpers_batch_b import resume_is_bit_exact
 
 
 def _reference(
@@ -71,18 +69,6 @@ def _reference(
             p.copy_(w)
 
 
-def _run(model, opt, batches):
-    for xb, yb in batches:
-
-        def closure(xb=xb, yb=yb):
-            opt.zero_grad()
-            loss = nn.functional.mse_loss(model(xb), yb)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-
-
 HP = dict(lr=0.5, gamma=0.03, gamma_scoping=1e-3, sgld_lr=0.05, noise=1e-3, alpha=0.75)
 
 
@@ -91,7 +77,8 @@ def test_trajectory_matches_algorithm_box_float64(outer):
     model = make_mlp(dtype=torch.float64)
     a, b = copy.deepcopy(model), copy.deepcopy(model)
     batches = regression_batches(100, dtype=torch.float64)
-    _run(a, EntropySGD(a.parameters(), seed=7, langevin_steps=4, **HP, **outer), batches)
+    opt = EntropySGD(a.parameters(), seed=7, langevin_steps=4, **HP, **outer)
+    train(a, opt, batches, use_closure=True)
     _reference(
         b,
         batches,
@@ -110,7 +97,8 @@ def test_trains_and_noise_is_reproducible():
     for _ in range(2):
         model = make_mlp()
         hp = {**HP, "lr": 1 / HP["gamma"]}  # lr * gamma = 1: x moves to the Langevin average
-        _run(model, EntropySGD(model.parameters(), seed=3, langevin_steps=5, **hp), batches)
+        opt = EntropySGD(model.parameters(), seed=3, langevin_steps=5, **hp)
+        train(model, opt, batches, use_closure=True)
         runs.append(model)
     assert max_rel_diff(runs[0], runs[1]) == 0.0
     x, y = batches[0]
@@ -118,22 +106,13 @@ def test_trains_and_noise_is_reproducible():
     assert nn.functional.mse_loss(runs[0](x), y) < 0.5 * start
 
 
-def test_state_dict_resume_is_exact():
-    batches = regression_batches(40)
-    kw = dict(seed=11, langevin_steps=3, momentum=0.9, **HP)
-    ref = make_mlp()
-    _run(ref, EntropySGD(ref.parameters(), **kw), batches)
-    first = make_mlp()
-    opt1 = EntropySGD(first.parameters(), **kw)
-    _run(first, opt1, batches[:20])
-    sd = copy.deepcopy(opt1.state_dict())
-    resumed = make_mlp(seed=4)
-    resumed.load_state_dict(first.state_dict())
-    opt2 = EntropySGD(resumed.parameters(), **kw)
-    opt2.load_state_dict(sd)
-    _run(resumed, opt2, batches[20:])
-    for p, q in zip(ref.parameters(), resumed.parameters()):
-        assert torch.equal(p, q)
+def test_state_dict_resume_is_exact(tmp_path):
+    assert resume_is_bit_exact(
+        lambda p: EntropySGD(p, seed=11, langevin_steps=3, momentum=0.9, **HP),
+        tmp_path,
+        steps=20,
+        use_closure=True,
+    )
 
 
 def test_missing_closure_is_a_clear_error():

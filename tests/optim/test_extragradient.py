@@ -11,15 +11,7 @@ from torch import nn
 
 from gradkit.optim.extragradient import ExtraGradient, OptimisticGD
 from gradkit.optim.sgd import SGD
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems: one intra-op thread avoids oversubscription on a loaded 2-core runner."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from helpers import single_threaded_tests  # noqa: F401  (autouse: one intra-op thread)
 
 
 def _game(dtype=torch.float64, n=5, seed=0):

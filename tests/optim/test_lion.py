@@ -11,8 +11,9 @@ from ._batch_a_util import (
     assert_moves,
     assert_trajectories_close,
     check_bad_hyperparameters,
+    check_matches_reference,
+    check_matches_written_out,
     check_resume,
-    run_manual,
     run_optax,
     run_torch,
 )
@@ -41,36 +42,30 @@ def written_out(lr: float, b1: float, b2: float, wd: float, kappa: str = "sign")
     return step
 
 
+def lion(p):
+    return Lion(p, lr=LR, weight_decay=WD)
+
+
 # Sign-based methods are compared in float64: a rounding difference can only flip a sign when an
 # entry of c is within rounding of zero, which random float64 problems do not produce.
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
 def test_lion_matches_written_out(problem: str) -> None:
-    got = run_torch(lambda p: Lion(p, lr=LR, weight_decay=WD), problem=problem)
-    want = run_manual(written_out(LR, 0.9, 0.99, WD), problem=problem)
-    assert_moves(got, problem)
-    assert_trajectories_close(got, want, rtol=1e-12, atol=1e-12)
+    check_matches_written_out(lion, written_out(LR, 0.9, 0.99, WD), problem, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("library", ["lion_pytorch", "pytorch_optimizer"])
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
-def test_lion_matches_lion_pytorch(problem: str) -> None:
-    lion_pytorch = pytest.importorskip("lion_pytorch")
-    got = run_torch(lambda p: Lion(p, lr=LR, weight_decay=WD), problem=problem)
-    want = run_torch(lambda p: lion_pytorch.Lion(p, lr=LR, weight_decay=WD), problem=problem)
-    assert_trajectories_close(got, want, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("problem", ["mlp", "quadratic"])
-def test_lion_matches_pytorch_optimizer(problem: str) -> None:
-    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
-    got = run_torch(lambda p: Lion(p, lr=LR, weight_decay=WD), problem=problem)
-    want = run_torch(lambda p: pytorch_optimizer.Lion(p, lr=LR, weight_decay=WD), problem=problem)
-    assert_trajectories_close(got, want, rtol=1e-12, atol=1e-12)
+def test_lion_matches_library(problem: str, library: str) -> None:
+    lib = pytest.importorskip(library)
+    check_matches_reference(
+        lion, lambda p: lib.Lion(p, lr=LR, weight_decay=WD), problem, rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
 def test_lion_matches_optax(problem: str) -> None:
     optax = pytest.importorskip("optax")
-    got = run_torch(lambda p: Lion(p, lr=LR, weight_decay=WD), problem=problem)
+    got = run_torch(lion, problem=problem)
     want = run_optax(optax.lion(LR, b1=0.9, b2=0.99, weight_decay=WD), problem=problem)
     assert_trajectories_close(got, want, rtol=1e-12, atol=1e-12)
 
@@ -93,10 +88,13 @@ def test_lion_kappa_huber_matches_optax_refined() -> None:
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
 def test_lion_kappa_matches_written_out(kappa: str, problem: str) -> None:
     lr = 0.05 if kappa == "huber" else LR
-    got = run_torch(lambda p: LionKappa(p, lr=lr, weight_decay=WD, kappa=kappa), problem=problem)
-    want = run_manual(written_out(lr, 0.9, 0.99, WD, kappa), problem=problem)
-    assert_moves(got, problem)
-    assert_trajectories_close(got, want, rtol=1e-10, atol=1e-12)
+    check_matches_written_out(
+        lambda p: LionKappa(p, lr=lr, weight_decay=WD, kappa=kappa),
+        written_out(lr, 0.9, 0.99, WD, kappa),
+        problem,
+        rtol=1e-10,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("kappa", ["sign", "huber", "l2"])

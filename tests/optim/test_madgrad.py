@@ -8,11 +8,12 @@ import torch
 from gradkit.optim.madgrad import MADGRAD
 
 from ._batch_a_util import (
-    assert_moves,
     assert_trajectories_close,
     check_bad_hyperparameters,
+    check_float32,
+    check_matches_reference,
+    check_matches_written_out,
     check_resume,
-    run_manual,
     run_optax,
     run_torch,
 )
@@ -54,12 +55,13 @@ def paper_madgrad(lr: float, momentum: float, eps: float, wd: float):
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
 def test_matches_paper_algorithm(problem: str, momentum: float) -> None:
     lr = lr_for(momentum)
-    got = run_torch(
-        lambda p: MADGRAD(p, lr=lr, momentum=momentum, weight_decay=WD), problem=problem
+    check_matches_written_out(
+        lambda p: MADGRAD(p, lr=lr, momentum=momentum, weight_decay=WD),
+        paper_madgrad(lr, momentum, EPS, WD),
+        problem,
+        rtol=1e-9,
+        atol=1e-11,
     )
-    want = run_manual(paper_madgrad(lr, momentum, EPS, WD), problem=problem)
-    assert_moves(got, problem)
-    assert_trajectories_close(got, want, rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.parametrize("momentum", [0.9, 0.0])
@@ -67,25 +69,25 @@ def test_matches_paper_algorithm(problem: str, momentum: float) -> None:
 def test_matches_torch_optimizer(problem: str, momentum: float) -> None:
     torch_optimizer = pytest.importorskip("torch_optimizer")
     lr = lr_for(momentum)
-    got = run_torch(
-        lambda p: MADGRAD(p, lr=lr, momentum=momentum, weight_decay=WD), problem=problem
-    )
-    want = run_torch(
+    check_matches_reference(
+        lambda p: MADGRAD(p, lr=lr, momentum=momentum, weight_decay=WD),
         lambda p: torch_optimizer.MADGRAD(p, lr=lr - EPS, momentum=momentum, weight_decay=WD),
-        problem=problem,
+        problem,
+        rtol=1e-9,
+        atol=1e-11,
     )
-    assert_trajectories_close(got, want, rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
 def test_matches_pytorch_optimizer(problem: str) -> None:
     pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
-    got = run_torch(lambda p: MADGRAD(p, lr=LR, weight_decay=WD), problem=problem)
-    want = run_torch(
+    check_matches_reference(
+        lambda p: MADGRAD(p, lr=LR, weight_decay=WD),
         lambda p: pytorch_optimizer.MADGRAD(p, lr=LIB_LR, weight_decay=WD, weight_decouple=False),
-        problem=problem,
+        problem,
+        rtol=1e-9,
+        atol=1e-11,
     )
-    assert_trajectories_close(got, want, rtol=1e-9, atol=1e-11)
 
 
 def test_matches_optax() -> None:
@@ -101,9 +103,7 @@ def test_matches_optax() -> None:
 
 
 def test_float32() -> None:
-    got = run_torch(lambda p: MADGRAD(p, lr=LR), dtype=torch.float32)
-    want = run_manual(paper_madgrad(LR, 0.9, EPS, 0.0))
-    assert_trajectories_close([[x.double() for x in s] for s in got], want, rtol=1e-4, atol=1e-5)
+    check_float32(lambda p: MADGRAD(p, lr=LR), paper_madgrad(LR, 0.9, EPS, 0.0))
 
 
 def test_x0_only_with_momentum() -> None:

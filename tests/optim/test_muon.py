@@ -10,17 +10,9 @@ from torch import nn
 
 import gradkit
 from gradkit.optim.muon import Muon
+from helpers import single_threaded_tests  # noqa: F401  (autouse: one intra-op thread)
 
 SHAPES = [(16, 8), (8, 16), (16, 8), (6, 2, 3, 3), (12,), (5,)]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: intra-op threads only add contention (20x slower on a loaded 2-core box)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _po_muon_fp32(monkeypatch):

@@ -8,11 +8,12 @@ import torch
 from gradkit.optim.novograd import NovoGrad
 
 from ._batch_a_util import (
-    assert_moves,
     assert_trajectories_close,
     check_bad_hyperparameters,
+    check_float32,
+    check_matches_reference,
+    check_matches_written_out,
     check_resume,
-    run_manual,
     run_optax,
     run_torch,
 )
@@ -47,33 +48,30 @@ def novograd(p):
 
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
 def test_matches_paper_algorithm(problem: str) -> None:
-    got = run_torch(novograd, problem=problem)
-    want = run_manual(paper_novograd(LR, *BETAS, 1e-8, WD), problem=problem)
-    assert_moves(got, problem)
-    assert_trajectories_close(got, want, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("problem", ["mlp", "quadratic"])
-def test_matches_pytorch_optimizer(problem: str) -> None:
-    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
-    got = run_torch(novograd, problem=problem)
-    want = run_torch(
-        lambda p: pytorch_optimizer.NovoGrad(p, lr=LR, betas=BETAS, weight_decay=WD),
-        problem=problem,
+    check_matches_written_out(
+        novograd, paper_novograd(LR, *BETAS, 1e-8, WD), problem, rtol=1e-10, atol=1e-12
     )
-    assert_trajectories_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("library", "rtol", "atol"),
+    [
+        ("pytorch_optimizer", 1e-10, 1e-12),
+        # torch-optimizer keeps the layer norm in a float32 scalar even for float64 parameters,
+        # so: float32 tolerance
+        ("torch_optimizer", 1e-5, 1e-6),
+    ],
+)
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
-def test_matches_torch_optimizer(problem: str) -> None:
-    torch_optimizer = pytest.importorskip("torch_optimizer")
-    got = run_torch(novograd, problem=problem)
-    want = run_torch(
-        lambda p: torch_optimizer.NovoGrad(p, lr=LR, betas=BETAS, weight_decay=WD),
-        problem=problem,
+def test_matches_library(problem: str, library: str, rtol: float, atol: float) -> None:
+    lib = pytest.importorskip(library)
+    check_matches_reference(
+        novograd,
+        lambda p: lib.NovoGrad(p, lr=LR, betas=BETAS, weight_decay=WD),
+        problem,
+        rtol=rtol,
+        atol=atol,
     )
-    # torch-optimizer keeps the layer norm in a float32 scalar even for float64 parameters
-    assert_trajectories_close(got, want, rtol=1e-5, atol=1e-6)  # so: float32 tolerance
 
 
 def test_matches_optax() -> None:
@@ -84,9 +82,7 @@ def test_matches_optax() -> None:
 
 
 def test_float32() -> None:
-    got = run_torch(novograd, dtype=torch.float32)
-    want = run_manual(paper_novograd(LR, *BETAS, 1e-8, WD))
-    assert_trajectories_close([[x.double() for x in s] for s in got], want, rtol=1e-4, atol=1e-5)
+    check_float32(novograd, paper_novograd(LR, *BETAS, 1e-8, WD))
 
 
 def test_second_moment_is_one_scalar_per_layer() -> None:

@@ -11,36 +11,24 @@ from torch import nn
 
 import gradkit
 from gradkit.optim.sam import SAM
-from helpers import make_mlp, max_rel_diff, regression_batches
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread avoids oversubscription on a loaded 2-core runner."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _closure(opt, model, x, y):
-    def closure():
-        opt.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
+from helpers import (
+    make_mlp,
+    max_rel_diff,
+    mse_closure,
+    regression_batches,
+    single_threaded_tests,  # noqa: F401  (autouse: one intra-op thread)
+    train,
+)
+from helpers_batch_b import resume_is_bit_exact
 
 
 def _train_gradkit(model, opt, batches):
-    for x, y in batches:
-        opt.step(_closure(opt, model, x, y))
+    train(model, opt, batches, use_closure=True)
 
 
 def _train_reference(model, opt, batches):
     for x, y in batches:
-        closure = _closure(opt, model, x, y)
+        closure = mse_closure(opt, model, x, y)
         closure()  # pytorch-optimizer's SAM wants the gradient at w before step()
         opt.step(closure)
 
@@ -86,9 +74,7 @@ def test_rho_zero_is_the_base_optimizer():
     a, b = copy.deepcopy(model), copy.deepcopy(model)
     batches = regression_batches(100, dtype=torch.float64)
     _train_gradkit(a, SAM(a.parameters(), "adam", rho=0.0, lr=1e-2), batches)
-    opt = torch.optim.Adam(b.parameters(), lr=1e-2)
-    for x, y in batches:
-        opt.step(_closure(opt, b, x, y))
+    _train_gradkit(b, torch.optim.Adam(b.parameters(), lr=1e-2), batches)
     assert max_rel_diff(a, b) < 1e-12
 
 
@@ -98,29 +84,19 @@ def test_registry_and_schedulers_share_param_groups():
     assert isinstance(opt.base_optimizer, gradkit.optim.SGD)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     x, y = regression_batches(1)[0]
-    opt.step(_closure(opt, model, x, y))
+    opt.step(mse_closure(opt, model, x, y))
     sched.step()
     assert opt.base_optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
     assert opt.param_groups[0]["rho"] == 0.05
 
 
 def test_state_dict_resume_is_exact(tmp_path):
-    batches = regression_batches(60)
-    kw = dict(rho=0.05, lr=1e-2, betas=(0.9, 0.99))
-    ref = make_mlp()
-    _train_gradkit(ref, SAM(ref.parameters(), "adam", **kw), batches)
-    first = make_mlp()
-    opt1 = SAM(first.parameters(), "adam", **kw)
-    _train_gradkit(first, opt1, batches[:30])
-    torch.save({"model": first.state_dict(), "opt": opt1.state_dict()}, tmp_path / "c.pt")
-    ckpt = torch.load(tmp_path / "c.pt")
-    resumed = make_mlp(seed=5)
-    resumed.load_state_dict(ckpt["model"])
-    opt2 = SAM(resumed.parameters(), "adam", **kw)
-    opt2.load_state_dict(ckpt["opt"])
-    _train_gradkit(resumed, opt2, batches[30:])
-    for p, q in zip(ref.parameters(), resumed.parameters()):
-        assert torch.equal(p, q)
+    assert resume_is_bit_exact(
+        lambda p: SAM(p, "adam", rho=0.05, lr=1e-2, betas=(0.9, 0.99)),
+        tmp_path,
+        steps=30,
+        use_closure=True,
+    )
 
 
 def test_missing_closure_is_a_clear_error():
@@ -157,7 +133,7 @@ def test_deepcopy_keeps_the_shared_param_groups():
     model = make_mlp()
     opt = SAM(model.parameters(), "adam", lr=1e-2)
     x, y = regression_batches(1)[0]
-    opt.step(_closure(opt, model, x, y))
+    opt.step(mse_closure(opt, model, x, y))
     clone = copy.deepcopy(opt)
     assert clone.param_groups is clone.base_optimizer.param_groups
     assert len(clone.state) == len(opt.state)

@@ -9,16 +9,12 @@ import torch
 from torch import nn
 
 from gradkit.optim.sania import SANIA
-from helpers import make_mlp, max_rel_diff, regression_batches
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread avoids oversubscription on a loaded 2-core runner."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from helpers import (
+    make_mlp,
+    max_rel_diff,
+    regression_batches,
+    single_threaded_tests,  # noqa: F401  (autouse: one intra-op thread)
+)
 
 
 def _reference(model, batches, loss_fn, kind, lr=1.0, betas=(0.9, 0.999), eps=1e-8, f_star=0.0):

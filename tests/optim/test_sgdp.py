@@ -9,12 +9,11 @@ from gradkit.optim.sgdp import SGDP
 
 from ._batch_a_invariance import norm_growth
 from ._batch_a_util import (
-    assert_moves,
-    assert_trajectories_close,
     check_bad_hyperparameters,
+    check_float32,
+    check_matches_reference,
+    check_matches_written_out,
     check_resume,
-    run_manual,
-    run_torch,
 )
 from .test_adamp import project
 
@@ -39,18 +38,23 @@ def written_out(lr, mom, wd, nesterov=False, delta=0.1, wd_ratio=0.1, eps=1e-8, 
     return step
 
 
+def _sgdp(p):
+    return SGDP(p, lr=LR, momentum=MOM, weight_decay=WD)
+
+
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
 def test_matches_written_out(problem: str, nesterov: bool) -> None:
     hits: list[int] = []
-    got = run_torch(
-        lambda p: SGDP(p, lr=LR, momentum=MOM, weight_decay=WD, nesterov=nesterov), problem=problem
+    check_matches_written_out(
+        lambda p: SGDP(p, lr=LR, momentum=MOM, weight_decay=WD, nesterov=nesterov),
+        written_out(LR, MOM, WD, nesterov, hits=hits),
+        problem,
+        rtol=1e-8,
+        atol=1e-10,
     )
-    want = run_manual(written_out(LR, MOM, WD, nesterov, hits=hits), problem=problem)
-    assert_moves(got, problem)
     if problem == "mlp":
         assert 0 in hits
-    assert_trajectories_close(got, want, rtol=1e-8, atol=1e-10)
 
 
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
@@ -60,30 +64,29 @@ def test_matches_torch_optimizer_nesterov(problem: str) -> None:
     # gradkit and pytorch-optimizer do. See docs/differences.md.
     torch_optimizer = pytest.importorskip("torch_optimizer")
     nesterov = True
-    got = run_torch(
-        lambda p: SGDP(p, lr=LR, momentum=MOM, weight_decay=WD, nesterov=nesterov), problem=problem
-    )
-    want = run_torch(
+    check_matches_reference(
+        lambda p: SGDP(p, lr=LR, momentum=MOM, weight_decay=WD, nesterov=nesterov),
         lambda p: torch_optimizer.SGDP(p, lr=LR, momentum=MOM, weight_decay=WD, nesterov=nesterov),
-        problem=problem,
+        problem,
+        rtol=1e-8,
+        atol=1e-10,
     )
-    assert_trajectories_close(got, want, rtol=1e-8, atol=1e-10)
 
 
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
 def test_matches_pytorch_optimizer(problem: str) -> None:
     pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
-    got = run_torch(lambda p: SGDP(p, lr=LR, momentum=MOM, weight_decay=WD), problem=problem)
-    want = run_torch(
-        lambda p: pytorch_optimizer.SGDP(p, lr=LR, momentum=MOM, weight_decay=WD), problem=problem
+    check_matches_reference(
+        _sgdp,
+        lambda p: pytorch_optimizer.SGDP(p, lr=LR, momentum=MOM, weight_decay=WD),
+        problem,
+        rtol=1e-8,
+        atol=1e-10,
     )
-    assert_trajectories_close(got, want, rtol=1e-8, atol=1e-10)
 
 
 def test_float32() -> None:
-    got = run_torch(lambda p: SGDP(p, lr=LR, momentum=MOM, weight_decay=WD), dtype=torch.float32)
-    want = run_manual(written_out(LR, MOM, WD))
-    assert_trajectories_close([[x.double() for x in s] for s in got], want, rtol=1e-4, atol=1e-5)
+    check_float32(_sgdp, written_out(LR, MOM, WD))
 
 
 def test_keeps_scale_invariant_norm_from_growing() -> None:
@@ -114,4 +117,4 @@ def test_bad_hyperparameters() -> None:
 
 
 def test_resume_bit_exact() -> None:
-    check_resume(lambda p: SGDP(p, lr=LR, momentum=MOM, weight_decay=WD))
+    check_resume(_sgdp)

@@ -9,15 +9,7 @@ import gradkit
 from gradkit.optim.muon import Muon
 from gradkit.optim.steepest_descent import SteepestDescent
 from gradkit.transforms.orthogonalize import newton_schulz
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+from helpers import single_threaded_tests  # noqa: F401  (autouse: one intra-op thread)
 
 SHAPES = [(9, 5), (7,), (3, 2, 2)]
 

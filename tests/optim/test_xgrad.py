@@ -7,38 +7,17 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from gradkit.optim.xgrad import XGrad
-from helpers import make_mlp, max_rel_diff, regression_batches
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread avoids oversubscription on a loaded 2-core runner."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _closure(opt, model, x, y):
-    def closure():
-        opt.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
-
-
-def _grad_at(model, point, x, y):
-    params = list(model.parameters())
-    with torch.no_grad():
-        for p, v in zip(params, point):
-            p.copy_(v)
-    loss = nn.functional.mse_loss(model(x), y)
-    return [g.detach() for g in torch.autograd.grad(loss, params)]
+from helpers import (
+    grad_at,
+    make_mlp,
+    max_rel_diff,
+    regression_batches,
+    single_threaded_tests,  # noqa: F401  (autouse: one intra-op thread)
+    train,
+)
+from helpers_batch_b import resume_is_bit_exact
 
 
 def _reference(model, batches, kind, s, lr, wd=0.0, momentum=0.9, betas=(0.9, 0.999), eps=1e-8):
@@ -58,7 +37,7 @@ def _reference(model, batches, kind, s, lr, wd=0.0, momentum=0.9, betas=(0.9, 0.
             if kind == "adamw":
                 delta = [d + wd * wi for d, wi in zip(delta, w)]
         w_hat = w if delta is None else [wi - s * lr * d for wi, d in zip(w, delta)]
-        g = _grad_at(model, w_hat, x, y)
+        g = grad_at(model, w_hat, x, y)
         t += 1
         if kind == "sgd":
             d = [gi + wd * wi for gi, wi in zip(g, w)]
@@ -97,9 +76,7 @@ def test_trajectory_matches_algorithm_float64(base, kind, kw, s):
     model = make_mlp(dtype=torch.float64)
     a, b = copy.deepcopy(model), copy.deepcopy(model)
     batches = regression_batches(120, dtype=torch.float64)
-    opt = XGrad(a.parameters(), base, prediction_steps=s, **kw)
-    for x, y in batches:
-        opt.step(_closure(opt, a, x, y))
+    train(a, XGrad(a.parameters(), base, prediction_steps=s, **kw), batches, use_closure=True)
     _reference(b, batches, kind, s, kw["lr"], kw.get("weight_decay", 0.0), kw.get("momentum", 0.9))
     assert max_rel_diff(a, b) < 1e-10
 
@@ -109,34 +86,15 @@ def test_prediction_zero_is_the_base_optimizer():
     a, b = copy.deepcopy(model), copy.deepcopy(model)
     batches = regression_batches(100)
     opt = XGrad(a.parameters(), "adamw", prediction_steps=0.0, lr=1e-2)
-    for x, y in batches:
-        opt.step(_closure(opt, a, x, y))
-    ref = torch.optim.AdamW(b.parameters(), lr=1e-2)
-    for x, y in batches:
-        ref.step(_closure(ref, b, x, y))
+    train(a, opt, batches, use_closure=True)
+    train(b, torch.optim.AdamW(b.parameters(), lr=1e-2), batches, use_closure=True)
     assert max_rel_diff(a, b) < 1e-6
 
 
-def test_state_dict_resume_is_exact():
-    batches = regression_batches(60)
-
-    def run(model, opt, bs):
-        for x, y in bs:
-            opt.step(_closure(opt, model, x, y))
-
-    ref = make_mlp()
-    run(ref, XGrad(ref.parameters(), "adam", lr=1e-2), batches)
-    first = make_mlp()
-    opt1 = XGrad(first.parameters(), "adam", lr=1e-2)
-    run(first, opt1, batches[:30])
-    sd = copy.deepcopy(opt1.state_dict())
-    resumed = make_mlp(seed=9)
-    resumed.load_state_dict(first.state_dict())
-    opt2 = XGrad(resumed.parameters(), "adam", lr=1e-2)
-    opt2.load_state_dict(sd)
-    run(resumed, opt2, batches[30:])
-    for p, q in zip(ref.parameters(), resumed.parameters()):
-        assert torch.equal(p, q)
+def test_state_dict_resume_is_exact(tmp_path):
+    assert resume_is_bit_exact(
+        lambda p: XGrad(p, "adam", lr=1e-2), tmp_path, steps=30, use_closure=True
+    )
 
 
 def test_missing_closure_is_a_clear_error():

@@ -13,15 +13,7 @@ from gradkit.transforms.orthogonalize import (
     orthogonalize,
     shape_scale,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: intra-op threads only add contention (20x slower on a loaded 2-core box)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from helpers import single_threaded_tests  # noqa: F401  (autouse: one intra-op thread)
 
 
 def _with_singular_values(m: int, n: int, svals: torch.Tensor, seed: int) -> torch.Tensor:

@@ -1,8 +1,10 @@
-"""Small helpers shared by the curvature modules: data batching and flat/list conversions."""
+"""Small helpers shared by the curvature modules: data batching, flat/list conversions and
+argument checks."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -78,6 +80,30 @@ def unflatten(vec: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
     return out
 
 
+class MatvecOperator(Protocol):
+    """What the estimators need of an operator: ``params`` and list-of-tensor products."""
+
+    params: list[Tensor]
+
+    def matvec(self, v: Sequence[Tensor]) -> list[Tensor]: ...
+
+
+class FlatMatvec:
+    """``x -> flatten(op.matvec(unflatten(x, op.params)))``: products on flat vectors.
+
+    ``count`` is the number of products taken through this wrapper.
+    """
+
+    def __init__(self, op: MatvecOperator) -> None:
+        self.op = op
+        self.params = op.params
+        self.count = 0
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self.count += 1
+        return flatten(self.op.matvec(unflatten(x, self.params)))
+
+
 def check_scalar_loss(loss: object) -> Tensor:
     """Raise a clear error when ``loss_fn`` did not return a scalar tensor."""
     if not isinstance(loss, Tensor):
@@ -88,3 +114,21 @@ def check_scalar_loss(loss: object) -> Tensor:
             "use reduction='mean'"
         )
     return loss
+
+
+def check_positive_int(name: str, value: object) -> None:
+    """Raise unless ``value`` is an integer >= 1."""
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+
+
+def check_int_at_least(name: str, value: object, minimum: int) -> None:
+    """Raise unless ``value`` is an integer >= ``minimum``."""
+    if not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+
+
+def check_positive_or_none(name: str, value: float | None) -> None:
+    """Raise unless ``value`` is None or > 0."""
+    if value is not None and not value > 0:
+        raise ValueError(f"{name} must be > 0 or None, got {value}")

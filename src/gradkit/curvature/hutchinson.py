@@ -20,7 +20,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gradkit.curvature._utils import flatten, unflatten
+from gradkit.curvature._utils import (
+    FlatMatvec,
+    check_int_at_least,
+    check_positive_int,
+    check_positive_or_none,
+    unflatten,
+)
 from gradkit.curvature.operators import CurvatureOperator
 
 
@@ -54,12 +60,9 @@ def _stderr(samples: Tensor) -> float:
 
 
 def _check(num_samples: int, tol: float | None, min_samples: int) -> None:
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
-    if tol is not None and not tol > 0:
-        raise ValueError(f"tol must be > 0 or None, got {tol}")
-    if not isinstance(min_samples, int) or min_samples < 2:
-        raise ValueError(f"min_samples must be an integer >= 2, got {min_samples}")
+    check_positive_int("num_samples", num_samples)
+    check_positive_or_none("tol", tol)
+    check_int_at_least("min_samples", min_samples, 2)
 
 
 def hutchinson_trace(
@@ -90,13 +93,7 @@ def hutchinson_trace(
     n = op.dim
     dtype, device = params[0].dtype, params[0].device
     gen = torch.Generator().manual_seed(seed)
-    count = 0
-
-    def matvec(x: Tensor) -> Tensor:
-        nonlocal count
-        count += 1
-        return flatten(op.matvec(unflatten(x, params)))
-
+    matvec = FlatMatvec(op)
     exact = 0.0
     q: Tensor | None = None
     if method == "hutch++":
@@ -129,7 +126,7 @@ def hutchinson_trace(
         value=exact + mean,
         stderr=_stderr(samples) if vals else 0.0,
         samples=samples,
-        num_matvecs=count,
+        num_matvecs=matvec.count,
         method=method,
     )
 
@@ -149,8 +146,9 @@ def hutchinson_diagonal(
     n = op.dim
     dtype, device = params[0].dtype, params[0].device
     gen = torch.Generator().manual_seed(seed)
+    matvec = FlatMatvec(op)
     acc = torch.zeros(n, dtype=dtype, device=device)
     for _ in range(num_samples):
         z = _rademacher(n, gen, dtype, device)
-        acc += z * flatten(op.matvec(unflatten(z, params)))
+        acc += z * matvec(z)
     return [t.clone() for t in unflatten(acc / num_samples, params)]

@@ -26,7 +26,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gradkit.curvature._utils import flatten, unflatten
+from gradkit.curvature._utils import (
+    FlatMatvec,
+    check_int_at_least,
+    check_positive_int,
+    flatten,
+    unflatten,
+)
 from gradkit.curvature.operators import CurvatureOperator
 
 
@@ -179,14 +185,12 @@ def top_eigenpairs(
         unit-norm vectors, each a list of tensors shaped like ``op.params``.
     """
     n = op.dim
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k}")
+    check_int_at_least("k", k, 1)
     if k > n:
         raise ValueError(f"k={k} is larger than the number of parameters ({n})")
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
-    if not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter}")
+    check_positive_int("max_iter", max_iter)
     max_iter = min(max(max_iter, k), n)
     params = op.params
     dtype, device = params[0].dtype, params[0].device
@@ -210,10 +214,7 @@ def top_eigenpairs(
     else:
         v0 = _random_unit(n, gen, dtype, device)
 
-    def matvec(x: Tensor) -> Tensor:
-        return flatten(op.matvec(unflatten(x, params)))
-
-    lz = _Lanczos(matvec, n, v0, capacity=min(max_iter, max(2 * k + 8, 24)) + 1, gen=gen)
+    lz = _Lanczos(FlatMatvec(op), n, v0, capacity=min(max_iter, max(2 * k + 8, 24)) + 1, gen=gen)
     block_top: Tensor | None = None
     block_start = 0
     while True:

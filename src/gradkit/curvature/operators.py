@@ -24,7 +24,7 @@ costs one backward pass through it. ``hvp_method="func"`` uses forward-over-reve
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -46,6 +46,22 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 def _zeros_for_none(grads: Sequence[Tensor | None], like: Sequence[Tensor]) -> list[Tensor]:
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, like)]
+
+
+def _weighted_mean(parts: Iterable[tuple[Sequence[Tensor], int]]) -> list[Tensor]:
+    """The mean of per-batch tensor lists weighted by batch size: ``sum_b n_b t_b / sum_b n_b``."""
+    acc: list[Tensor] | None = None
+    total = 0
+    for part, n in parts:
+        if acc is None:
+            acc = [t.detach() * n for t in part]
+        else:
+            for a, t in zip(acc, part):
+                a.add_(t.detach(), alpha=n)
+        total += n
+    if acc is None or total == 0:
+        raise ValueError("data is empty: no examples were found")
+    return [a / total for a in acc]
 
 
 class CurvatureOperator:
@@ -92,8 +108,12 @@ class CurvatureOperator:
         self.max_samples = max_samples
         self.params: list[Tensor] = resolve_params(model, params)
         self.num_matvecs = 0
-        self.cache_graph = is_single_batch(data) if cache_graph is None else bool(cache_graph)
+        self.cache_graph = self._default_cache_graph() if cache_graph is None else bool(cache_graph)
         self._cache: list[tuple[Any, int]] | None = None
+
+    def _default_cache_graph(self) -> bool:
+        """Whether to cache per-batch state when ``cache_graph`` is not given: for one batch."""
+        return is_single_batch(self.data)
 
     # ---- sizes -------------------------------------------------------------------------
     @property
@@ -152,20 +172,11 @@ class CurvatureOperator:
     def matvec(self, v: Sequence[Tensor]) -> list[Tensor]:
         """The product ``C v`` for ``v`` a list of tensors shaped like ``self.params``."""
         v = self._check_vector(v)
-        acc: list[Tensor] | None = None
-        total = 0
-        for state, n in self._states():
-            part = self._apply(state, v, keep=self.cache_graph)
-            if acc is None:
-                acc = [t.detach() * n for t in part]
-            else:
-                for a, t in zip(acc, part):
-                    a.add_(t.detach(), alpha=n)
-            total += n
-        if acc is None or total == 0:
-            raise ValueError("data is empty: no examples were found")
+        out = _weighted_mean(
+            (self._apply(state, v, keep=self.cache_graph), n) for state, n in self._states()
+        )
         self.num_matvecs += 1
-        return [a / total for a in acc]
+        return out
 
     def matvec_flat(self, v: Tensor) -> Tensor:
         """``C v`` with ``v`` and the result as one flat vector of length ``self.dim``."""
@@ -173,23 +184,12 @@ class CurvatureOperator:
 
     def gradient(self) -> list[Tensor]:
         """The batch-averaged gradient of the loss (no graph kept)."""
-        acc: list[Tensor] | None = None
-        total = 0
-        for x, y in self._batches():
-            n = x.shape[0]
-            _, loss = self._forward_loss(x, y)
-            g = _zeros_for_none(
-                torch.autograd.grad(loss, self.params, allow_unused=True), self.params
-            )
-            if acc is None:
-                acc = [t.detach() * n for t in g]
-            else:
-                for a, t in zip(acc, g):
-                    a.add_(t.detach(), alpha=n)
-            total += n
-        if acc is None:
-            raise ValueError("data is empty: no examples were found")
-        return [a / total for a in acc]
+        return _weighted_mean((self._batch_gradient(x, y), x.shape[0]) for x, y in self._batches())
+
+    def _batch_gradient(self, inputs: Tensor, targets: Tensor) -> list[Tensor]:
+        _, loss = self._forward_loss(inputs, targets)
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        return _zeros_for_none(grads, self.params)
 
     def loss(self) -> float:
         """The batch-averaged loss."""
@@ -263,19 +263,9 @@ class HessianOperator(CurvatureOperator):
         """The batch-averaged gradient; free when the gradient graph is cached."""
         if not (self.cache_graph and self.hvp_method == "autograd"):
             return super().gradient()
-        acc: list[Tensor] | None = None
-        total = 0
-        for grads, n in self._states():
-            g = _zeros_for_none(grads, self.params)
-            if acc is None:
-                acc = [t.detach() * n for t in g]
-            else:
-                for a, t in zip(acc, g):
-                    a.add_(t.detach(), alpha=n)
-            total += n
-        if acc is None:
-            raise ValueError("data is empty: no examples were found")
-        return [a / total for a in acc]
+        return _weighted_mean(
+            (_zeros_for_none(grads, self.params), n) for grads, n in self._states()
+        )
 
     def _apply_func(self, batch: tuple[Tensor, Tensor], v: list[Tensor]) -> list[Tensor]:
         inputs, targets = batch
@@ -335,30 +325,19 @@ class FisherOperator(CurvatureOperator):
 
     _CACHE_LIMIT = 2**26
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        data: Any,
-        params: Sequence[Tensor] | None = None,
-        max_samples: int | None = None,
-        cache_graph: bool | None = None,
-    ) -> None:
-        super().__init__(model, loss_fn, data, params, max_samples, cache_graph)
-        if cache_graph is None and self.cache_graph:
-            n = data[0].shape[0] if max_samples is None else min(max_samples, data[0].shape[0])
-            self.cache_graph = n * self.dim <= self._CACHE_LIMIT
+    def _default_cache_graph(self) -> bool:
+        """One batch whose per-example gradient matrix has at most ``_CACHE_LIMIT`` entries."""
+        if not super()._default_cache_graph():
+            return False
+        n = self.data[0].shape[0]
+        if self.max_samples is not None:
+            n = min(self.max_samples, n)
+        return n * self.dim <= self._CACHE_LIMIT
 
     def _prepare(self, inputs: Tensor, targets: Tensor) -> Any:
         return per_example_gradient_matrix(self.model, self.loss_fn, inputs, targets, self.params)
 
     def _apply(self, state: Any, v: list[Tensor], keep: bool) -> list[Tensor]:
         gmat = state  # [n, P]
-        vflat = torch.cat([t.reshape(-1) for t in v])
-        coeff = gmat @ vflat
-        out = (coeff @ gmat) / gmat.shape[0]
-        res, i = [], 0
-        for p in self.params:
-            res.append(out[i : i + p.numel()].view_as(p))
-            i += p.numel()
-        return res
+        coeff = gmat @ flatten(v)
+        return unflatten((coeff @ gmat) / gmat.shape[0], self.params)

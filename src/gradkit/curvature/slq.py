@@ -19,7 +19,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gradkit.curvature._utils import flatten, unflatten
+from gradkit.curvature._utils import (
+    FlatMatvec,
+    check_int_at_least,
+    check_positive_int,
+    check_positive_or_none,
+)
 from gradkit.curvature.hutchinson import _rademacher
 from gradkit.curvature.lanczos import lanczos_tridiagonal
 from gradkit.curvature.operators import CurvatureOperator
@@ -82,25 +87,15 @@ def spectral_density(
         sigma: Gaussian smoothing width; default ``(max node - min node) / 100``.
         num_points: size of the evaluation grid, which extends ``5 sigma`` beyond the nodes.
     """
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
-    if not isinstance(num_probes, int) or num_probes < 1:
-        raise ValueError(f"num_probes must be a positive integer, got {num_probes}")
-    if sigma is not None and not sigma > 0:
-        raise ValueError(f"sigma must be > 0 or None, got {sigma}")
-    if not isinstance(num_points, int) or num_points < 2:
-        raise ValueError(f"num_points must be an integer >= 2, got {num_points}")
+    check_positive_int("num_steps", num_steps)
+    check_positive_int("num_probes", num_probes)
+    check_positive_or_none("sigma", sigma)
+    check_int_at_least("num_points", num_points, 2)
     params = op.params
     n = op.dim
     dtype, device = params[0].dtype, params[0].device
     gen = torch.Generator().manual_seed(seed)
-    count = 0
-
-    def matvec(x: Tensor) -> Tensor:
-        nonlocal count
-        count += 1
-        return flatten(op.matvec(unflatten(x, params)))
-
+    matvec = FlatMatvec(op)
     all_nodes, all_weights = [], []
     for p in range(num_probes):
         v = _rademacher(n, gen, dtype, device)
@@ -126,7 +121,7 @@ def spectral_density(
         density=torch.zeros(0),
         sigma=sigma,
         dim=n,
-        num_matvecs=count,
+        num_matvecs=matvec.count,
     )
     out.density = out.evaluate(grid)
     return out

@@ -31,7 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from gradkit.curvature import GaussNewtonOperator, HessianOperator, top_eigenpairs
+from gradkit.curvature._utils import check_int_at_least, check_positive_int
 from gradkit.curvature.operators import CurvatureOperator
+from gradkit.diagnostics._plotting import new_figure, save_figure
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 _OPERATORS: dict[str, type[CurvatureOperator]] = {
@@ -133,10 +135,8 @@ class SharpnessTracker:
         eval_mode: bool = True,
         seed: int = 0,
     ) -> None:
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive integer, got {every}")
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k}")
+        check_positive_int("every", every)
+        check_int_at_least("k", k, 1)
         if operator not in _OPERATORS:
             raise ValueError(f"operator must be one of {sorted(_OPERATORS)}, got {operator!r}")
         self.model, self.loss_fn, self.data = model, loss_fn, data
@@ -197,12 +197,7 @@ def plot_sharpness(
     """Plot sharpness against step with the stability edge 2/lr (dashed); save to ``path``."""
     if not history:
         raise ValueError("history is empty: call tracker.update(step, lr) during training first")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = new_figure()
     steps = [r.step for r in history]
     ax.plot(steps, [r.sharpness for r in history], marker="o", ms=3, label=r"$\lambda_{\max}$")
     kmax = max(len(r.eigenvalues) for r in history)
@@ -219,11 +214,6 @@ def plot_sharpness(
     if any(r.threshold is not None for r in history):
         th = [r.threshold if r.threshold is not None else float("nan") for r in history]
         ax.plot(steps, th, "k--", label="2 / lr")
-    ax.set_xlabel("step")
-    ax.set_ylabel("sharpness")
-    ax.set_title(title or "Sharpness vs the stability edge 2/lr")
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(
+        fig, ax, path, "step", "sharpness", title or "Sharpness vs the stability edge 2/lr"
+    )

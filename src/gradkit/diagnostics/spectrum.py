@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from gradkit.curvature import HessianOperator, spectral_density, top_eigenpairs
 from gradkit.curvature.slq import SpectralDensity
+from gradkit.diagnostics._plotting import new_figure, save_figure
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -94,13 +95,8 @@ def plot_spectrum(
     title: str | None = None,
 ) -> Path:
     """Plot the smoothed density (log scale by default) with the outliers marked."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     dens = spectrum.density if isinstance(spectrum, HessianSpectrum) else spectrum
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = new_figure()
     y = dens.density.clamp_min(1e-12) if log_density else dens.density
     ax.plot(dens.grid.numpy(), y.numpy(), lw=1.2, label="SLQ density")
     if log_density:
@@ -119,11 +115,5 @@ def plot_spectrum(
             ax.axvline(v, color="C3", ls="--", lw=0.8, label="outliers" if i == 0 else None)
         if spectrum.bulk_edge is not None:
             ax.axvline(spectrum.bulk_edge, color="k", ls=":", lw=0.8, label="bulk edge")
-    ax.set_xlabel("eigenvalue")
-    ax.set_ylabel("density")
-    ax.set_title(title or "Hessian spectrum (stochastic Lanczos quadrature)")
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    return path
+    title = title or "Hessian spectrum (stochastic Lanczos quadrature)"
+    return save_figure(fig, ax, path, "eigenvalue", "density", title)

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from gradkit.curvature import HessianOperator, top_eigenpairs
-from gradkit.curvature._utils import flatten
+from gradkit.curvature._utils import check_int_at_least, check_positive_int, flatten
+from gradkit.diagnostics._plotting import new_figure, save_figure
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Vectors = Tensor | Sequence[Sequence[Tensor]]
@@ -139,10 +140,8 @@ class SubspaceTracker:
         keep_bases: bool = False,
         seed: int = 0,
     ) -> None:
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive integer, got {every}")
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k}")
+        check_positive_int("every", every)
+        check_int_at_least("k", k, 1)
         self.model, self.loss_fn, self.data, self.k, self.every = model, loss_fn, data, k, every
         self.reference_step = reference_step
         self.params, self.max_samples, self.tol, self.max_iter = params, max_samples, tol, max_iter
@@ -185,12 +184,7 @@ def plot_subspace(
     """Plot the gradient fraction and the overlap with the reference subspace against step."""
     if not history:
         raise ValueError("history is empty: call tracker.update(step) during training first")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = new_figure()
     steps = [s.step for s in history]
     ax.plot(steps, [s.fraction for s in history], marker="o", ms=3, label="gradient in top-k")
     ov = [s.overlap_with_reference for s in history]
@@ -198,11 +192,5 @@ def plot_subspace(
         ax.plot(steps, [float("nan") if o is None else o for o in ov], marker="s", ms=3,
                 label="overlap with reference subspace")  # fmt: skip
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("step")
-    ax.set_ylabel("fraction")
-    ax.set_title(title or f"Top-{len(history[0].eigenvalues)} Hessian subspace")
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    return path
+    title = title or f"Top-{len(history[0].eigenvalues)} Hessian subspace"
+    return save_figure(fig, ax, path, "step", "fraction", title)

@@ -8,6 +8,7 @@ import torch
 
 from gradkit.core.hyperparams import betas, interval
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
+from gradkit.transforms.moments import _adam_moment_buffers, _update_adam_moments
 
 __all__ = ["ScaleByAdaMomentum"]
 
@@ -25,19 +26,13 @@ class ScaleByAdaMomentum(GradientTransformation):
     hyperparameters = (betas("betas", (0.9, 0.999)), interval("eps", 1e-8, 0.0, low_open=True))
 
     def init(self, params: TensorList) -> State:
-        def zeros() -> TensorList:
-            return [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
-
-        return {"exp_avg": zeros(), "exp_avg_sq": zeros()}
+        return _adam_moment_buffers(params)
 
     def update(
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
         beta1, beta2 = ctx.group["betas"]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        torch._foreach_lerp_(m, updates, 1 - beta1)
-        torch._foreach_mul_(v, beta2)
-        torch._foreach_addcmul_(v, m, m, 1 - beta2)
+        m, v = _update_adam_moments(state, updates, beta1, beta2, of_momentum=True)
         torch._foreach_add_(v, ctx.group["eps"])
         denom = torch._foreach_sqrt(v)
         torch._foreach_div_(denom, ctx.per_step(lambda t: math.sqrt(1 - beta2**t)))

@@ -9,6 +9,7 @@ import torch
 from gradkit.core.hyperparams import betas, interval
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
 from gradkit.transforms._unitwise import positive_int
+from gradkit.transforms.moments import _adam_denominator
 
 __all__ = ["ScaleByAdEMAMix", "alpha_schedule", "beta3_schedule"]
 
@@ -76,9 +77,9 @@ class ScaleByAdEMAMix(GradientTransformation):
         torch._foreach_lerp_(m2, updates, 1.0 - beta3_t)
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, updates, updates, 1.0 - beta2)
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, ctx.per_step(lambda t: math.sqrt(1.0 - beta2**t)))
-        torch._foreach_add_(denom, group["eps"])
+        denom = _adam_denominator(
+            v, ctx.per_step(lambda t: math.sqrt(1.0 - beta2**t)), group["eps"]
+        )
         num = torch._foreach_div(m1, ctx.per_step(lambda t: 1.0 - beta1**t))
         torch._foreach_add_(num, m2, alpha=alpha)
         torch._foreach_div_(num, denom)

@@ -8,6 +8,7 @@ import torch
 
 from gradkit.core.hyperparams import betas, interval
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
+from gradkit.transforms.moments import _adam_denominator, _adam_moment_buffers, _update_adam_moments
 
 __all__ = ["ScaleByDiffGrad"]
 
@@ -26,19 +27,19 @@ class ScaleByDiffGrad(GradientTransformation):
     hyperparameters = (betas("betas", (0.9, 0.999)), interval("eps", 1e-8, 0.0))
 
     def init(self, params: TensorList) -> State:
-        def zeros() -> TensorList:
-            return [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
-
-        return {"exp_avg": zeros(), "exp_avg_sq": zeros(), "previous_grad": zeros()}
+        return {
+            **_adam_moment_buffers(params),
+            "previous_grad": [
+                torch.zeros_like(p, memory_format=torch.preserve_format) for p in params
+            ],
+        }
 
     def update(
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
         beta1, beta2 = ctx.group["betas"]
-        m, v, prev = state["exp_avg"], state["exp_avg_sq"], state["previous_grad"]
-        torch._foreach_lerp_(m, updates, 1 - beta1)
-        torch._foreach_mul_(v, beta2)
-        torch._foreach_addcmul_(v, updates, updates, 1 - beta2)
+        m, v = _update_adam_moments(state, updates, beta1, beta2)
+        prev = state["previous_grad"]
         # friction xi = sigmoid(|g_prev - g|), computed in a fresh buffer
         xi = torch._foreach_sub(prev, updates)
         torch._foreach_abs_(xi)
@@ -50,9 +51,9 @@ class ScaleByDiffGrad(GradientTransformation):
         torch._foreach_add_(xi, 1.0)
         torch._foreach_reciprocal_(xi)
         torch._foreach_copy_(prev, updates)
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, ctx.per_step(lambda t: math.sqrt(1 - beta2**t)))
-        torch._foreach_add_(denom, ctx.group["eps"])
+        denom = _adam_denominator(
+            v, ctx.per_step(lambda t: math.sqrt(1 - beta2**t)), ctx.group["eps"]
+        )
         torch._foreach_mul_(xi, m)
         torch._foreach_div_(xi, denom)
         torch._foreach_div_(xi, ctx.per_step(lambda t: 1 - beta1**t))

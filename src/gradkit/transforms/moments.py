@@ -12,6 +12,49 @@ from gradkit.core.transform import GradientTransformation, State, StepContext, T
 __all__ = ["Momentum", "ScaleByAdam"]
 
 
+def _adam_moment_buffers(params: TensorList) -> State:
+    """Zeroed first and second moments, ``exp_avg`` and ``exp_avg_sq``, shaped like ``params``."""
+    return {
+        "exp_avg": [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params],
+        "exp_avg_sq": [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params],
+    }
+
+
+def _update_adam_moments(
+    state: State,
+    updates: TensorList,
+    beta1: float,
+    beta2: float,
+    *,
+    of_momentum: bool = False,
+) -> tuple[TensorList, TensorList]:
+    """Adam's moment averages, in place: ``m <- b1 m + (1 - b1) u``, ``v <- b2 v + (1 - b2) s^2``.
+
+    ``s`` is the update ``u``, or with ``of_momentum`` the new ``m`` (AdaMomentum). The moments
+    are ``state["exp_avg"]`` and ``state["exp_avg_sq"]``; returns them as ``(m, v)``.
+    """
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    torch._foreach_lerp_(m, updates, 1 - beta1)
+    torch._foreach_mul_(v, beta2)
+    s = m if of_momentum else updates
+    torch._foreach_addcmul_(v, s, s, 1 - beta2)
+    return m, v
+
+
+def _adam_denominator(
+    v: TensorList, bias_correction2_sqrt: float | list[float], eps: float
+) -> TensorList:
+    """Adam's denominator ``sqrt(v) / sqrt(1 - b2^t) + eps``, in a fresh list.
+
+    ``bias_correction2_sqrt`` is ``sqrt(1 - b2^t)``: one number or one per tensor (as
+    :meth:`~gradkit.core.transform.StepContext.per_step` gives it).
+    """
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_div_(denom, bias_correction2_sqrt)
+    torch._foreach_add_(denom, eps)
+    return denom
+
+
 class Momentum(GradientTransformation):
     """Heavy-ball or Nesterov momentum, as torch.optim.SGD defines it.
 
@@ -78,10 +121,7 @@ class ScaleByAdam(GradientTransformation):
 
     def init(self, params: TensorList) -> State:
         return {
-            "exp_avg": [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params],
-            "exp_avg_sq": [
-                torch.zeros_like(p, memory_format=torch.preserve_format) for p in params
-            ],
+            **_adam_moment_buffers(params),
             # zero-size until a group turns amsgrad on: no memory cost otherwise
             "max_exp_avg_sq": [torch.empty(0, dtype=p.dtype, device=p.device) for p in params],
         }
@@ -90,10 +130,7 @@ class ScaleByAdam(GradientTransformation):
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
         beta1, beta2 = ctx.group["betas"]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        torch._foreach_lerp_(m, updates, 1 - beta1)
-        torch._foreach_mul_(v, beta2)
-        torch._foreach_addcmul_(v, updates, updates, 1 - beta2)
+        m, v = _update_adam_moments(state, updates, beta1, beta2)
         if ctx.group["amsgrad"]:
             vmax = state["max_exp_avg_sq"]
             for buf, cur in zip(vmax, v):
@@ -103,9 +140,7 @@ class ScaleByAdam(GradientTransformation):
             v = vmax
         bc1 = ctx.per_step(lambda t: 1 - beta1**t)
         bc2_sqrt = ctx.per_step(lambda t: math.sqrt(1 - beta2**t))
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, bc2_sqrt)
-        torch._foreach_add_(denom, ctx.group["eps"])
+        denom = _adam_denominator(v, bc2_sqrt, ctx.group["eps"])
         out = torch._foreach_div(m, denom)
         torch._foreach_div_(out, bc1)
         return ctx.owned(out)

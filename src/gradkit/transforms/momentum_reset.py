@@ -10,6 +10,7 @@ from gradkit.core.hyperparams import betas, interval
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
 from gradkit.transforms._cosine import cosine_decay_factor
 from gradkit.transforms._unitwise import positive_int
+from gradkit.transforms.moments import _adam_denominator, _adam_moment_buffers, _update_adam_moments
 
 __all__ = ["ScaleByAdamWithReset", "steps_since_reset"]
 
@@ -47,10 +48,7 @@ class ScaleByAdamWithReset(GradientTransformation):
     )
 
     def init(self, params: TensorList) -> State:
-        return {
-            "exp_avg": [torch.zeros_like(p) for p in params],
-            "exp_avg_sq": [torch.zeros_like(p) for p in params],
-        }
+        return _adam_moment_buffers(params)
 
     def update(
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
@@ -65,12 +63,8 @@ class ScaleByAdamWithReset(GradientTransformation):
             if reset:
                 torch._foreach_zero_([m[i] for i in reset] + [v[i] for i in reset])
         taus = [steps_since_reset(t, every) for t in ctx.steps]
-        torch._foreach_lerp_(m, updates, 1.0 - beta1)
-        torch._foreach_mul_(v, beta2)
-        torch._foreach_addcmul_(v, updates, updates, 1.0 - beta2)
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, [math.sqrt(1.0 - beta2**tau) for tau in taus])
-        torch._foreach_add_(denom, group["eps"])
+        _update_adam_moments(state, updates, beta1, beta2)
+        denom = _adam_denominator(v, [math.sqrt(1.0 - beta2**tau) for tau in taus], group["eps"])
         out = torch._foreach_div(m, denom)
         torch._foreach_div_(out, [1.0 - beta1**tau for tau in taus])
         return ctx.owned(out)

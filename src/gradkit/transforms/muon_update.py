@@ -20,9 +20,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gradkit.core.hyperparams import Hyperparameter, choice, flag, interval
+from gradkit.core.hyperparams import flag, interval
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
-from gradkit.transforms.orthogonalize import QUINTIC, _ns_fn, shape_scale
+from gradkit.transforms.orthogonalize import _NS_STEPS, _SHAPE_SCALE, QUINTIC, _ns_fn, shape_scale
 
 __all__ = ["MuonUpdate"]
 
@@ -73,13 +73,8 @@ class MuonUpdate(GradientTransformation):
         interval("lr", 0.02, 0.0),
         interval("momentum", 0.95, 0.0, 1.0, high_open=True),
         flag("nesterov", True),
-        Hyperparameter(
-            "ns_steps",
-            5,
-            lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 100,
-            "an integer in [1, 100]",
-        ),
-        choice("scale", "spectral", ("spectral", "rms", "none")),
+        _NS_STEPS,
+        _SHAPE_SCALE,
     )
 
     def __init__(

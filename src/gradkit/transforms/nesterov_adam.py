@@ -8,7 +8,7 @@ import torch
 
 from gradkit.core.hyperparams import flag
 from gradkit.core.transform import State, StepContext, TensorList
-from gradkit.transforms.moments import ScaleByAdam
+from gradkit.transforms.moments import ScaleByAdam, _adam_denominator, _update_adam_moments
 
 __all__ = ["ScaleByAdamNesterov"]
 
@@ -33,13 +33,10 @@ class ScaleByAdamNesterov(ScaleByAdam):
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
         beta1, beta2 = ctx.group["betas"]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        torch._foreach_lerp_(m, updates, 1 - beta1)
-        torch._foreach_mul_(v, beta2)
-        torch._foreach_addcmul_(v, updates, updates, 1 - beta2)
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, ctx.per_step(lambda t: math.sqrt(1 - beta2**t)))
-        torch._foreach_add_(denom, ctx.group["eps"])
+        m, v = _update_adam_moments(state, updates, beta1, beta2)
+        denom = _adam_denominator(
+            v, ctx.per_step(lambda t: math.sqrt(1 - beta2**t)), ctx.group["eps"]
+        )
         if ctx.group["nesterov"]:
             out = torch._foreach_lerp(m, updates, 1 - beta1)
             torch._foreach_div_(out, denom)

@@ -45,6 +45,15 @@ QUINTIC: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
 #: The classical cubic Newton-Schulz iteration: converges to the exact polar factor.
 CUBIC: tuple[float, float, float] = (1.5, -0.5, 0.0)
 
+# The hyperparameters of the orthogonalizing transforms (here and MuonUpdate's fused version).
+_NS_STEPS = Hyperparameter(
+    "ns_steps",
+    5,
+    lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 100,
+    "an integer in [1, 100]",
+)
+_SHAPE_SCALE = choice("scale", "spectral", ("spectral", "rms", "none"))
+
 _COMPILED: dict[tuple, object] = {}
 
 
@@ -198,15 +207,7 @@ class Orthogonalize(GradientTransformation):
 
     flat_ok = False
 
-    hyperparameters = (
-        Hyperparameter(
-            "ns_steps",
-            5,
-            lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 100,
-            "an integer in [1, 100]",
-        ),
-        choice("scale", "spectral", ("spectral", "rms", "none")),
-    )
+    hyperparameters = (_NS_STEPS, _SHAPE_SCALE)
 
     def __init__(
         self,
@@ -241,7 +242,7 @@ class ScaleByShape(GradientTransformation):
     """Multiply each update by :func:`shape_scale` of its shape (hyperparameter ``scale``)."""
 
     flat_ok = False
-    hyperparameters = (choice("scale", "spectral", ("spectral", "rms", "none")),)
+    hyperparameters = (_SHAPE_SCALE,)
 
     def update(
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext

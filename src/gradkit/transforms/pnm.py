@@ -10,6 +10,7 @@ from torch.nn.functional import softplus
 
 from gradkit.core.hyperparams import betas, flag, interval
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
+from gradkit.transforms.moments import _adam_denominator
 
 __all__ = ["ScaleByAdaPNM"]
 
@@ -85,9 +86,7 @@ class ScaleByAdaPNM(GradientTransformation):
                     buf.resize_as_(cur_v).zero_()
             torch._foreach_maximum_(vmax, v)
             vv = vmax
-        denom = torch._foreach_sqrt(vv)
-        torch._foreach_div_(denom, [math.sqrt(b) for b in bc2])
-        torch._foreach_add_(denom, group["eps"])
+        denom = _adam_denominator(vv, [math.sqrt(b) for b in bc2], group["eps"])
         if group["use_softplus"]:
             denom = [softplus(d, beta=group["beta_softplus"]) for d in denom]
         torch._foreach_div_(pn, denom)
