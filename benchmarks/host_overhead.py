@@ -2,13 +2,13 @@
 
 On a GPU an optimizer step is launched asynchronously; when the host needs longer to issue it
 than the GPU needs to run it, the host time *is* the step time. This script measures that host
-time on the CPU where it can be isolated: 148 parameters (GPT-2 small's count) of 8 elements
-each, so that the arithmetic is negligible and what remains is Python, dispatch and guard work.
+time on the CPU where it can be isolated: 148 parameters (GPT-2 small's count), 2x4 matrices, so that the arithmetic is negligible and what remains is Python, dispatch and guard work.
 
     python benchmarks/host_overhead.py [--optimizers adamw,sgd,lion] [--tensors 148]
 
-Prints microseconds per step (best of 5 repeats of 200 steps) for gradkit's flat fast path
-(``fused=True``, compiled), gradkit's eager multi-tensor path, and torch.optim's foreach and
+Prints microseconds per step (best of 5 repeats of 200 steps) for gradkit's eager multi-tensor
+path, its flat fast path (``fused=True``) or, for chains with per-tensor reductions, its compiled
+multi-tensor path (``fused="compile"``), and torch.optim's foreach and
 fused implementations where torch has the optimizer.
 """
 
@@ -31,7 +31,7 @@ TORCH = {
 
 def host_us(make: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer], n: int) -> float:
     """Best-of-5 microseconds per ``step()`` over 200 steps, after 20 warm-up steps."""
-    params = [torch.nn.Parameter(torch.randn(8)) for _ in range(n)]
+    params = [torch.nn.Parameter(torch.randn(2, 4)) for _ in range(n)]
     for p in params:
         p.grad = torch.randn_like(p)
     opt = make(params)
@@ -52,14 +52,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tensors", type=int, default=148)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, {args.tensors} tensors of 8 elements, CPU, 1 thread")
+    print(f"torch {torch.__version__}, {args.tensors} tensors of 2x4, CPU, 1 thread")
     print(f"{'optimizer':10s} {'row':32s} {'us/step':>8s}")
     for name in args.optimizers.split(","):
         info = gradkit.optim.registry.get_info(name)
+        flat_ok = info.cls([torch.nn.Parameter(torch.ones(2, 2))], fused=False).transform.flat_ok
         rows: dict[str, Callable] = {
-            "gradkit (fast path, compiled)": lambda ps, c=info.cls: c(ps, fused=True),
             "gradkit (eager multi-tensor)": lambda ps, c=info.cls: c(ps, fused=False),
         }
+        if flat_ok:
+            rows["gradkit (fast path, compiled)"] = lambda ps, c=info.cls: c(ps, fused=True)
+        else:
+            rows["gradkit (fused='compile')"] = lambda ps, c=info.cls: c(ps, fused="compile")
         if name in TORCH:
             rows["torch.optim (foreach)"] = lambda ps, f=TORCH[name]: f(ps, foreach=True)
             rows["torch.optim (fused)"] = lambda ps, f=TORCH[name]: f(ps, fused=True)

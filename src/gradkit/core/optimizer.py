@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from gradkit.core.compiled_group import make_compiled_group_update
 from gradkit.core.flat import FlatGroup, encode_hyperparameters, flat_update, make_compiled_update
 from gradkit.core.hyperparams import Hyperparameter, flag, validate_group
 from gradkit.core.transform import Chain, GradientTransformation, SkipStep, StepContext
@@ -34,10 +35,12 @@ class ChainOptimizer(Optimizer):
             returns the step to add to the parameters (e.g. ``-lr * direction``).
         defaults: hyperparameter values for groups that do not set them; missing ones take the
             transforms' own defaults. ``maximize=True`` ascends instead of descending.
-        fused: the flat fast path (docs/performance.md). ``None`` (default): on for param
-            groups on CUDA when every transform is ``flat_ok``; ``True``: on wherever possible
-            (also on CPU), compiled with ``torch.compile``; ``"flat"``: flat buffers without
-            compiling (for checks); ``False``: always the eager multi-tensor path.
+        fused: the fast paths (docs/performance.md). ``None`` (default): flat buffers + compiled
+            step for param groups on CUDA when every transform is ``flat_ok``; ``True``: that
+            wherever possible (also on CPU); ``"flat"``: flat buffers without compiling (for
+            checks); ``"compile"``: the per-tensor lists under ``torch.compile``, for chains
+            that are not ``flat_ok`` (per-tensor reductions); ``False``: always the eager
+            multi-tensor path.
 
     Example:
         >>> opt = ChainOptimizer(model.parameters(), chain(scale_by_adam(), scale_by_lr()), {"lr": 1e-3})
@@ -53,9 +56,11 @@ class ChainOptimizer(Optimizer):
     ) -> None:
         if not isinstance(transform, Chain):
             transform = Chain(transform)
-        if fused not in (None, True, False, "flat"):
-            raise ValueError(f"Invalid fused: {fused!r}; fused must be None, True, False or 'flat'")
-        if fused and not transform.flat_ok:
+        if fused not in (None, True, False, "flat", "compile"):
+            raise ValueError(
+                f"Invalid fused: {fused!r}; fused must be None, True, False, 'flat' or 'compile'"
+            )
+        if fused in (True, "flat") and not transform.flat_ok:
             bad = [type(t).__name__ for t in transform.transforms if not t.flat_ok]
             raise ValueError(
                 f"fused={fused!r} needs every transform to be flat_ok; not flat_ok: {bad}"
@@ -63,6 +68,7 @@ class ChainOptimizer(Optimizer):
         self.fused = fused
         self._flat: dict[int, FlatGroup] = {}
         self._compiled: Any = None
+        self._compiled_group: Any = None
         self._compile_backend = "inductor"
         self.transform: Chain = transform
         specs = dict(transform.specs())
@@ -114,7 +120,7 @@ class ChainOptimizer(Optimizer):
     # ------------------------------------------------------------------ flat fast path
     def _flat_mode(self, group: dict[str, Any]) -> str | None:
         """ "compiled", "eager" or None (eager multi-tensor path) for this group."""
-        if self.fused is False or not self.transform.flat_ok or self.needs_closure:
+        if self.fused in (False, "compile") or not self.transform.flat_ok or self.needs_closure:
             return None
         if self.fused == "flat":
             return "eager"
@@ -227,9 +233,12 @@ class ChainOptimizer(Optimizer):
         torch._foreach_add_(step_tensors, 1.0)
         keys = [k for k in states[0] if k != "step"]
         state = {k: [st[k] for st in states] for k in keys}
+        steps = [int(s.item()) for s in step_tensors]
+        if self._run_compiled_group(group, params, grads, state, steps, closure):
+            return
         ctx = StepContext(
             group=group,
-            steps=[int(s.item()) for s in step_tensors],
+            steps=steps,
             grads=grads,
             closure=closure,
             loss=loss,
@@ -242,6 +251,34 @@ class ChainOptimizer(Optimizer):
             torch._foreach_sub_(step_tensors, 1.0)
             return
         torch._foreach_add_(params, updates)
+
+    def _run_compiled_group(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: dict[str, list[Tensor]],
+        steps: list[int],
+        closure: Callable[[], Any] | None,
+    ) -> bool:
+        """``fused="compile"``: run the chain on the group's lists under torch.compile.
+
+        False (the eager path runs instead) with a closure, or when the group's parameters are
+        on different steps. A ``SkipStep`` undoes the step count like the eager path.
+        """
+        if self.fused != "compile" or closure is not None or self.needs_closure:
+            return False
+        if any(t != steps[0] for t in steps):
+            return False
+        if self._compiled_group is None:
+            self._compiled_group = make_compiled_group_update(self._compile_backend)
+        try:
+            self._compiled_group(
+                self.transform, params, grads, state, encode_hyperparameters(group), steps[0], self
+            )
+        except SkipStep:
+            torch._foreach_sub_([self.state[p]["step"] for p in params], 1.0)
+        return True
 
     # ------------------------------------------------------------------ state dict
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

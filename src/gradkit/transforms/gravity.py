@@ -52,10 +52,10 @@ class ScaleByGravity(GradientTransformation):
         torch._foreach_mul_(scaled, scaled)
         torch._foreach_add_(scaled, 1.0)
         zeta = torch._foreach_div(updates, scaled)
-        weights = [(group["beta"] * t + 1.0) / (t + 2.0) for t in ctx.steps]
-        if len(set(weights)) == 1:
-            torch._foreach_lerp_(vel, zeta, 1.0 - weights[0])
-        else:
-            for v, z, w in zip(vel, zeta, weights):
+        weight = ctx.per_step(lambda t: (group["beta"] * t + 1.0) / (t + 2.0))
+        if isinstance(weight, list):  # parameters on different steps (rare)
+            for v, z, w in zip(vel, zeta, weight):
                 v.lerp_(z, 1.0 - w)
+        else:
+            torch._foreach_lerp_(vel, zeta, 1.0 - weight)
         return vel
