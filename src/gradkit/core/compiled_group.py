@@ -15,14 +15,13 @@ used only when every parameter of the group is on the same step, the normal case
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from gradkit.core.flat import _CompiledContext, _decode
+from gradkit.core.flat import _CompiledContext, _decode, compile_with_own_cache
 from gradkit.core.transform import Chain
 
 __all__ = ["group_update", "make_compiled_group_update"]
@@ -51,9 +50,5 @@ def group_update(
 
 
 def make_compiled_group_update(backend: str = "inductor") -> Callable[..., None]:
-    """A compiled :func:`group_update` with its own code object, hence its own compile cache."""
-    fn = group_update
-    fresh = types.FunctionType(
-        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
-    )
-    return torch.compile(fresh, backend=backend)
+    """A compiled :func:`group_update` with its own compile cache."""
+    return compile_with_own_cache(group_update, backend)

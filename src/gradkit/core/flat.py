@@ -100,17 +100,21 @@ def flat_update(
     torch._foreach_add_([param], updates)
 
 
-def make_compiled_update(backend: str = "inductor") -> Callable[..., None]:
-    """A compiled :func:`flat_update` with its own code object, hence its own compile cache.
+def compile_with_own_cache(fn: Callable[..., Any], backend: str = "inductor") -> Callable[..., Any]:
+    """``torch.compile(fn)`` on a fresh copy of ``fn``'s code object, hence its own compile cache.
 
-    Each optimizer gets its own, so that many optimizers in one process do not share (and
-    exhaust) one recompile limit.
+    Each optimizer compiles its own copy, so that many optimizers in one process do not share
+    (and exhaust) one recompile limit.
     """
-    fn = flat_update
     fresh = types.FunctionType(
         fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
     )
     return torch.compile(fresh, backend=backend)
+
+
+def make_compiled_update(backend: str = "inductor") -> Callable[..., None]:
+    """A compiled :func:`flat_update` with its own compile cache."""
+    return compile_with_own_cache(flat_update, backend)
 
 
 class FlatGroup:
