@@ -3,21 +3,13 @@
 When every transform of a chain is ``flat_ok`` (its result on one flat concatenation of the
 group's tensors equals the per-tensor result), the optimizer can keep the parameters, gradients
 and every state tensor of a param group as *views* into one flat buffer each, and run the chain
-on one-element lists ``[flat]``. Under ``torch.compile`` the whole chain, plus the final
-``p += step``, becomes one generated kernel: one pass over memory, which is the floor for
-elementwise optimizer math.
-
-Hyperparameters that change every step must not be baked into the compiled code as constants
-(one recompile per step). Python ints (the step number) become dynamic after their first change;
-python floats passed to ``torch._foreach_*`` ops are specialized by dynamo, so every float
-hyperparameter travels into the compiled function as two ints (mantissa and exponent, exact) and
-is rebuilt there as a symbolic float. See docs/performance.md.
+on one-element lists ``[flat]``. Under ``torch.compile`` (:mod:`gradkit.core.compiled`) the whole
+chain, plus the final ``p += step``, becomes one generated kernel: one pass over memory, which is
+the floor for elementwise optimizer math.
 """
 
 from __future__ import annotations
 
-import math
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -26,49 +18,7 @@ from torch import Tensor
 
 from gradkit.core.transform import Chain, StepContext
 
-__all__ = ["FlatGroup", "flat_update", "make_compiled_update"]
-
-_FLOAT_TAG = "__gradkit_float__"
-
-
-class _CompiledContext(StepContext):
-    """Step context for traced code: plain lists, and ``writable`` always copies.
-
-    Copies cost nothing under the compiler (the copy fuses into the kernel), and plain lists
-    avoid the list subclass that the tracer cannot follow.
-    """
-
-    def writable(self, updates: list[Tensor]) -> list[Tensor]:
-        return [u.clone() for u in updates]
-
-    def owned(self, updates: list[Tensor]) -> list[Tensor]:
-        return list(updates)
-
-
-def encode_hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
-    """The group's hyperparameters with every float written as exact ``(tag, mantissa, exp)``."""
-    return {k: _encode(v) for k, v in group.items() if k != "params"}
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, float) and math.isfinite(value):
-        mantissa, exponent = math.frexp(value)
-        return (_FLOAT_TAG, int(mantissa * 2**53), exponent - 53)
-    if isinstance(value, tuple):
-        return tuple(_encode(v) for v in value)
-    if isinstance(value, list):
-        return [_encode(v) for v in value]
-    return value
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, tuple) and len(value) == 3 and value[0] == _FLOAT_TAG:
-        return value[1] * 2.0 ** value[2]
-    if isinstance(value, tuple):
-        return tuple(_decode(v) for v in value)
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
+__all__ = ["FlatGroup", "flat_update"]
 
 
 def flat_update(
@@ -76,45 +26,17 @@ def flat_update(
     param: Tensor,
     grad: Tensor,
     state: dict[str, list[Tensor]],
-    hyperparameters: dict[str, Any],
+    group: dict[str, Any],
     step: int,
-    encoded: bool,
     optimizer: Any = None,
     closure: Callable[[], Any] | None = None,
     loss: Any = None,
 ) -> None:
-    """Run ``transform`` on one flat buffer and add the step to ``param`` in place."""
-    if encoded:
-        group = {k: _decode(v) for k, v in hyperparameters.items()}
-        ctx: StepContext = _CompiledContext(
-            group=group, steps=[step], grads=[grad], optimizer=optimizer
-        )
-    else:
-        group = hyperparameters
-        ctx = StepContext(
-            group=group, steps=[step], grads=[grad], closure=closure, loss=loss,
-            optimizer=optimizer,
-        )  # fmt: skip
-    updates = torch._foreach_neg([grad]) if group["maximize"] else [grad]
-    updates = transform.update(updates, state, [param], ctx)
-    torch._foreach_add_([param], updates)
-
-
-def compile_with_own_cache(fn: Callable[..., Any], backend: str = "inductor") -> Callable[..., Any]:
-    """``torch.compile(fn)`` on a fresh copy of ``fn``'s code object, hence its own compile cache.
-
-    Each optimizer compiles its own copy, so that many optimizers in one process do not share
-    (and exhaust) one recompile limit.
-    """
-    fresh = types.FunctionType(
-        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    """Run ``transform`` eagerly on one flat buffer and add the step to ``param`` in place."""
+    ctx = StepContext(
+        group=group, steps=[step], grads=[grad], closure=closure, loss=loss, optimizer=optimizer
     )
-    return torch.compile(fresh, backend=backend)
-
-
-def make_compiled_update(backend: str = "inductor") -> Callable[..., None]:
-    """A compiled :func:`flat_update` with its own compile cache."""
-    return compile_with_own_cache(flat_update, backend)
+    transform.apply([param], [grad], state, ctx)
 
 
 class FlatGroup:

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from gradkit.core.compiled_group import make_compiled_group_update
-from gradkit.core.flat import FlatGroup, encode_hyperparameters, flat_update, make_compiled_update
+from gradkit.core.compiled import encode_hyperparameters, make_compiled_group_update
+from gradkit.core.flat import FlatGroup, flat_update
 from gradkit.core.hyperparams import Hyperparameter, flag, validate_group
 from gradkit.core.transform import Chain, GradientTransformation, SkipStep, StepContext
 
@@ -67,8 +67,7 @@ class ChainOptimizer(Optimizer):
             )
         self.fused = fused
         self._flat: dict[int, FlatGroup] = {}
-        self._compiled: Any = None
-        self._compiled_group: Any = None
+        self._compiled: Any = None  # the compiled step, made on first use
         self._compile_backend = "inductor"
         self.transform: Chain = transform
         specs = dict(transform.specs())
@@ -149,17 +148,18 @@ class ChainOptimizer(Optimizer):
         fg.adopt_grads()
         step = fg.step + 1
         state = {k: [v] for k, v in fg.state_flat.items()}
-        if mode == "compiled" and closure is None:
-            if self._compiled is None:
-                self._compiled = make_compiled_update(self._compile_backend)
-            hp = encode_hyperparameters(group)
-            run, encoded = self._compiled, True
-        else:
-            hp = {k: v for k, v in group.items() if k != "params"}
-            run, encoded = flat_update, False
         try:
-            run(self.transform, fg.param_flat, fg.grad_flat, state, hp, step, encoded,
-                self, closure, loss)  # fmt: skip
+            if mode == "compiled" and closure is None:
+                self._compiled_step()(
+                    self.transform, [fg.param_flat], [fg.grad_flat], state,
+                    encode_hyperparameters(group), step, self,
+                )  # fmt: skip
+            else:
+                hp = {k: v for k, v in group.items() if k != "params"}
+                flat_update(
+                    self.transform, fg.param_flat, fg.grad_flat, state, hp, step, self, closure,
+                    loss,
+                )  # fmt: skip
         except SkipStep:
             return True
         for k, v in state.items():  # a transform may have rebound a lazily allocated buffer
@@ -234,51 +234,33 @@ class ChainOptimizer(Optimizer):
         keys = [k for k in states[0] if k != "step"]
         state = {k: [st[k] for st in states] for k in keys}
         steps = [int(s.item()) for s in step_tensors]
-        if self._run_compiled_group(group, params, grads, state, steps, closure):
-            return
-        ctx = StepContext(
-            group=group,
-            steps=steps,
-            grads=grads,
-            closure=closure,
-            loss=loss,
-            optimizer=self,
-        )
-        updates = torch._foreach_neg(grads) if group["maximize"] else grads
         try:
-            updates = self.transform.update(updates, state, params, ctx)
+            if self._use_compiled_group(steps, closure):
+                self._compiled_step()(
+                    self.transform, params, grads, state, encode_hyperparameters(group), steps[0],
+                    self,
+                )  # fmt: skip
+            else:
+                ctx = StepContext(
+                    group=group, steps=steps, grads=grads, closure=closure, loss=loss,
+                    optimizer=self,
+                )  # fmt: skip
+                self.transform.apply(params, grads, state, ctx)
         except SkipStep:
             torch._foreach_sub_(step_tensors, 1.0)
-            return
-        torch._foreach_add_(params, updates)
 
-    def _run_compiled_group(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        state: dict[str, list[Tensor]],
-        steps: list[int],
-        closure: Callable[[], Any] | None,
-    ) -> bool:
-        """``fused="compile"``: run the chain on the group's lists under torch.compile.
-
-        False (the eager path runs instead) with a closure, or when the group's parameters are
-        on different steps. A ``SkipStep`` undoes the step count like the eager path.
-        """
+    def _use_compiled_group(self, steps: list[int], closure: Callable[[], Any] | None) -> bool:
+        """``fused="compile"`` applies: no closure, and every parameter on the same step."""
         if self.fused != "compile" or closure is not None or self.needs_closure:
             return False
-        if any(t != steps[0] for t in steps):
-            return False
-        if self._compiled_group is None:
-            self._compiled_group = make_compiled_group_update(self._compile_backend)
-        try:
-            self._compiled_group(
-                self.transform, params, grads, state, encode_hyperparameters(group), steps[0], self
-            )
-        except SkipStep:
-            torch._foreach_sub_([self.state[p]["step"] for p in params], 1.0)
-        return True
+        return all(t == steps[0] for t in steps)
+
+    def _compiled_step(self) -> Callable[..., None]:
+        """The compiled :func:`~gradkit.core.compiled.group_update`, made on first use (flat
+        groups pass one-element lists of flat buffers, ``fused="compile"`` per-tensor lists)."""
+        if self._compiled is None:
+            self._compiled = make_compiled_group_update(self._compile_backend)
+        return self._compiled
 
     # ------------------------------------------------------------------ state dict
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

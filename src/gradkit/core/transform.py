@@ -174,6 +174,14 @@ class Chain(GradientTransformation):
             updates = t.update(updates, sub, params, ctx)
         return updates
 
+    def apply(self, params: TensorList, grads: TensorList, state: State, ctx: StepContext) -> None:
+        """One optimizer step: ``params += chain(grads)`` (of ``-grads`` with ``maximize``).
+
+        A ``SkipStep`` raised by a transform leaves ``params`` untouched.
+        """
+        updates = torch._foreach_neg(grads) if ctx.group["maximize"] else grads
+        torch._foreach_add_(params, self.update(updates, state, params, ctx))
+
     def __repr__(self) -> str:
         inner = ", ".join(repr(t) for t in self.transforms)
         return f"chain({inner})"
