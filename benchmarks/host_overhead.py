@@ -9,7 +9,7 @@ time on the CPU where it can be isolated: 148 parameters (GPT-2 small's count), 
 Prints microseconds per step (best of 5 repeats of 200 steps) for gradkit's eager multi-tensor
 path, its flat fast path (``fused=True``) or, for chains with per-tensor reductions, its compiled
 multi-tensor path (``fused="compile"``), and torch.optim's foreach and
-fused implementations where torch has the optimizer.
+fused implementations where torch has the optimizer, else pytorch-optimizer's.
 """
 
 from __future__ import annotations
@@ -27,6 +27,25 @@ TORCH = {
     "adam": lambda ps, **kw: torch.optim.Adam(ps, lr=1e-3, **kw),
     "sgd": lambda ps, **kw: torch.optim.SGD(ps, lr=1e-2, momentum=0.9, **kw),
 }
+
+
+#: the same optimizer in pytorch-optimizer (the anchor for optimizers torch.optim lacks)
+PYTORCH_OPTIMIZER = {
+    "adamp": "AdamP",
+    "sgdp": "SGDP",
+    "novograd": "NovoGrad",
+    "lion": "Lion",
+    "madgrad": "MADGRAD",
+    "diffgrad": "DiffGrad",
+}
+
+
+def _pytorch_optimizer(name: str) -> Callable | None:
+    try:
+        import pytorch_optimizer
+    except ImportError:
+        return None
+    return getattr(pytorch_optimizer, PYTORCH_OPTIMIZER[name], None)
 
 
 def host_us(make: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer], n: int) -> float:
@@ -67,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         if name in TORCH:
             rows["torch.optim (foreach)"] = lambda ps, f=TORCH[name]: f(ps, foreach=True)
             rows["torch.optim (fused)"] = lambda ps, f=TORCH[name]: f(ps, fused=True)
+        if name in PYTORCH_OPTIMIZER and (cls := _pytorch_optimizer(name)) is not None:
+            rows[f"pytorch_optimizer.{cls.__name__}"] = cls
         for label, make in rows.items():
             print(f"{name:10s} {label:32s} {host_us(make, args.tensors):8.0f}", flush=True)
 
