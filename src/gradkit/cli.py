@@ -57,9 +57,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``gradkit`` command."""
     from gradkit.bench.compare import DEFAULT_TASKS
-    from gradkit.bench.diagnose import DIAGNOSTICS
-    from gradkit.bench.optimizers import DEFAULT_OPTIMIZERS
-    from gradkit.bench.tuning import SAMPLERS, SEARCHABLE
+    from gradkit.bench.execution.diagnose import DIAGNOSTICS
+    from gradkit.bench.protocol.optimizers import DEFAULT_OPTIMIZERS
+    from gradkit.bench.protocol.plan import SAMPLERS, SEARCHABLE
 
     parser = _Parser(prog="gradkit", description="gradkit: the gradient side of training.")
     sub = parser.add_subparsers(dest="command", metavar="{compare,list}", parser_class=_Parser)
@@ -212,8 +212,8 @@ def _console():
 def _list_tasks() -> None:
     from rich.table import Table
 
-    from gradkit.bench.task import list_tasks
-    from gradkit.bench.testfunctions import TEST_FUNCTIONS
+    from gradkit.bench.tasks import list_tasks
+    from gradkit.bench.tasks.testfunctions import TEST_FUNCTIONS
 
     table = Table(title="gradkit compare tasks")
     for col in ("task", "metric", "target", "steps", "trials x seeds", "lr range", "description"):
@@ -242,7 +242,7 @@ def _list_optimizers() -> None:
     from gradkit import list_optimizers
 
     table = Table(title="gradkit optimizers")
-    for col in ("name", "paper", "arXiv", "seed", "closure", "defaults"):
+    for col in ("name", "paper", "arXiv", "closure", "defaults"):
         table.add_column(col)
     for info in list_optimizers():
         defaults = ", ".join(f"{k}={v}" for k, v in info.defaults.items())
@@ -250,7 +250,6 @@ def _list_optimizers() -> None:
             info.name,
             info.paper_title or "",
             info.arxiv_id or "",
-            info.seed_id or "",
             "yes" if info.needs_closure else "",
             defaults,
         )

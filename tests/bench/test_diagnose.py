@@ -14,10 +14,15 @@ from tiny_task import TINY
 from torch import nn
 
 from gradkit.bench import Task, register_task
-from gradkit.bench.diagnose import SharpnessCallback, StepInfo, SubspaceCallback, make_callbacks
-from gradkit.bench.optimizers import resolve_optimizers
-from gradkit.bench.train import lr_multiplier, train_run
-from gradkit.bench.tuning import StudyPlan, study_name
+from gradkit.bench.execution.diagnose import (
+    SharpnessCallback,
+    StepInfo,
+    SubspaceCallback,
+    make_callbacks,
+)
+from gradkit.bench.execution.train import lr_multiplier, train_run
+from gradkit.bench.protocol.optimizers import resolve_optimizers
+from gradkit.bench.protocol.plan import StudyPlan, study_name
 from gradkit.cli import main
 
 CPU = torch.device("cpu")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from gradkit.bench import get_task
-from gradkit.bench.optimizers import resolve_optimizers
-from gradkit.bench.sampler import log_grid
-from gradkit.bench.train import train_run
+from gradkit.bench.execution.train import train_run
+from gradkit.bench.protocol.optimizers import resolve_optimizers
+from gradkit.bench.protocol.sampler import log_grid
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gradkit.bench import Task, classification_task, get_task, list_tasks, register_task
-from gradkit.bench.tasks_charlm import CharLMData, encode, is_validation_file, load_corpus
+from gradkit.bench.tasks.builtin.charlm import CharLMData, encode, is_validation_file, load_corpus
+from gradkit.errors import UnknownNameError
 
 
 def test_builtin_tasks_registered():
@@ -22,8 +23,13 @@ def test_builtin_tasks_registered():
 
 
 def test_unknown_task_lists_known_names():
-    with pytest.raises(KeyError, match="mnist1d-cnn"):
+    with pytest.raises(UnknownNameError, match="mnist1d-cnn") as err:
         get_task("nope")
+    assert isinstance(err.value, ValueError) and "'nope'" in str(err.value)
+
+
+def test_task_names_are_canonical():
+    assert get_task("MNIST1D_CNN") is get_task("mnist1d-cnn") is get_task("mnist1d cnn")
 
 
 def test_register_plugin_task_in_a_few_lines():
@@ -60,7 +66,7 @@ def test_mnist1d_shapes_and_cache():
 
 
 def test_digits_split_is_fixed():
-    from gradkit.bench.tasks_digits import load_digits_split
+    from gradkit.bench.tasks.builtin.digits import load_digits_split
 
     a, b = load_digits_split(), load_digits_split()
     assert a[0].shape[1:] == (1, 8, 8) and len(a[0]) + len(a[2]) == 1797
@@ -88,7 +94,7 @@ def test_charlm_encoding_and_split(tmp_path):
 
 
 def test_charlm_untrained_model_bits_per_char_near_uniform():
-    from gradkit.bench.tasks_charlm import VOCAB, CharTransformer
+    from gradkit.bench.tasks.builtin.charlm import VOCAB, CharTransformer
 
     train, val = np.arange(2000) % 90, np.arange(2000) % 90
     data = CharLMData(train.astype(np.uint8), val.astype(np.uint8), 16, "cpu", val_windows=8)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from tiny_task import TINY
 
-from gradkit.bench.optimizers import resolve_optimizers
-from gradkit.bench.stats import mean_ci
-from gradkit.bench.train import RunResult, lr_multiplier, train_run
+from gradkit.bench.execution.train import RunResult, lr_multiplier, train_run
+from gradkit.bench.protocol.optimizers import resolve_optimizers
+from gradkit.bench.protocol.stats import mean_ci
 
 CPU = torch.device("cpu")
 
@@ -52,7 +52,7 @@ def test_closure_is_passed_when_needed():
 
 
 def test_closure_optimizer_returning_none_is_an_error(monkeypatch):
-    from gradkit.bench import train as train_mod
+    from gradkit.bench.execution import train as train_mod
 
     class NoLoss(torch.optim.SGD):
         def step(self, closure=None):

@@ -13,11 +13,12 @@ import torch
 from optuna.trial import TrialState
 from tiny_task import TINY
 
-from gradkit.bench import workers
-from gradkit.bench.optimizers import resolve_optimizers
-from gradkit.bench.sampler import LogGridSampler, log_grid
-from gradkit.bench.storage import StorageError, check_storage, normalize_url, open_storage
-from gradkit.bench.tuning import StudyPlan, run_study, study_name
+from gradkit.bench.execution import workers
+from gradkit.bench.execution.storage import StorageError, check_storage, normalize_url, open_storage
+from gradkit.bench.execution.study import run_study
+from gradkit.bench.protocol.optimizers import resolve_optimizers
+from gradkit.bench.protocol.plan import StudyPlan, study_name
+from gradkit.bench.protocol.sampler import LogGridSampler, log_grid
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

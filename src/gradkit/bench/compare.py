@@ -13,14 +13,16 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from gradkit.bench.diagnose import DIAGNOSTICS
-from gradkit.bench.optimizers import DEFAULT_OPTIMIZERS, OptimizerSpec, resolve_optimizers
+from gradkit.bench.execution.diagnose import DIAGNOSTICS
+from gradkit.bench.execution.storage import StorageError, display_url, open_storage
+from gradkit.bench.execution.study import run_study
+from gradkit.bench.execution.workers import live_trials
 from gradkit.bench.progress import CompareProgress
-from gradkit.bench.storage import StorageError, display_url, open_storage
-from gradkit.bench.task import Task, list_tasks
-from gradkit.bench.testfunctions import TEST_FUNCTIONS
-from gradkit.bench.tuning import SAMPLERS, SEARCHABLE, StudyPlan, run_study, study_name
-from gradkit.bench.workers import live_trials
+from gradkit.bench.protocol.optimizers import DEFAULT_OPTIMIZERS, OptimizerSpec, resolve_optimizers
+from gradkit.bench.protocol.plan import SAMPLERS, SEARCHABLE, StudyPlan, study_name
+from gradkit.bench.tasks import Task, list_tasks
+from gradkit.bench.tasks.testfunctions import TEST_FUNCTIONS
+from gradkit.errors import UnknownNameError, canonical_name
 
 __all__ = ["CompareConfig", "UsageError", "load_plugin", "resolve_device", "run_compare"]
 
@@ -104,30 +106,35 @@ def load_plugin(spec: str) -> None:
 
 
 def _split_tasks(names: list[str]) -> tuple[list[Task], list[str]]:
+    """Training tasks and test functions named by ``names`` (canonical names: case, dashes,
+    spaces and underscores alike); an unknown name is a :class:`UsageError` listing the known."""
     tasks: list[Task] = []
     functions: list[str] = []
-    known = {t.name: t for t in list_tasks()}
+    known = {canonical_name(t.name): t for t in list_tasks()}
+    known_functions = {canonical_name(f): f for f in TEST_FUNCTIONS}
     for name in names:
-        if name in TEST_FUNCTIONS:
-            functions.append(name)
-        elif name in known:
-            tasks.append(known[name])
+        key = canonical_name(name)
+        if key in known_functions:
+            if known_functions[key] not in functions:
+                functions.append(known_functions[key])
+        elif key in known:
+            if known[key] not in tasks:
+                tasks.append(known[key])
         else:
-            choices = ", ".join(sorted(known) + sorted(TEST_FUNCTIONS))
-            raise UsageError(f"unknown task {name!r}; choose from: {choices}")
+            err = UnknownNameError(
+                "task", name, [t.name for t in known.values()] + list(TEST_FUNCTIONS)
+            )
+            raise UsageError(str(err))
     return tasks, functions
 
 
 def _resolve_optimizers(config: CompareConfig, log) -> list[OptimizerSpec]:
     specs, missing = resolve_optimizers(config.optimizers)
     if config.optimizers and missing:
-        from gradkit.bench.optimizers import registered_optimizers
+        from gradkit.bench.protocol.optimizers import registered_optimizers
 
-        known = ", ".join(sorted(registered_optimizers()))
-        raise UsageError(
-            f"unknown optimizer {', '.join(map(repr, missing))}; choose from: {known} "
-            "(see gradkit list)"
-        )
+        err = UnknownNameError("optimizer", ", ".join(missing), registered_optimizers())
+        raise UsageError(f"{err} (see gradkit list)")
     if missing:
         log(
             f"[yellow]not registered in this gradkit, skipped:[/] {', '.join(missing)} "
@@ -268,8 +275,8 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
     if not config.report:
         log(f"done in {time.time() - start:.0f} s (report skipped)")
         return None
-    from gradkit.bench.report import summary_table, write_report
-    from gradkit.bench.results import load_result
+    from gradkit.bench.report.page import summary_table, write_report
+    from gradkit.bench.report.results import load_result
 
     by_task: dict[str, list] = {}
     for plan in plans:
@@ -311,7 +318,7 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
 
 
 def _run_trajectories(functions, specs, steps, prog) -> dict:
-    from gradkit.bench.trajectories import best_trajectory
+    from gradkit.bench.execution.trajectories import best_trajectory
 
     out: dict[str, list] = {}
     if not functions:

@@ -20,7 +20,7 @@ __all__ = ["CompareProgress"]
 
 class CompareProgress:
     """Context manager; :meth:`study` returns the ``progress(event, info)`` callback of
-    :func:`gradkit.bench.tuning.run_study` for one study."""
+    :func:`gradkit.bench.execution.study.run_study` for one study."""
 
     def __init__(self, console: Console | None = None, enabled: bool = True) -> None:
         self.enabled = enabled

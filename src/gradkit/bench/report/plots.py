@@ -12,9 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from gradkit.bench.results import OptimizerResult, TrialResult  # noqa: E402
-from gradkit.bench.testfunctions import TEST_FUNCTIONS  # noqa: E402
-from gradkit.bench.trajectories import Trajectory  # noqa: E402
+from gradkit.bench.execution.trajectories import Trajectory  # noqa: E402
+from gradkit.bench.report.results import OptimizerResult, TrialResult  # noqa: E402
+from gradkit.bench.tasks.testfunctions import TEST_FUNCTIONS  # noqa: E402
 
 __all__ = [
     "diagnostic_records",

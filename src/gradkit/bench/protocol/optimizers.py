@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradkit.errors import canonical_name
+
 __all__ = [
     "DEFAULT_OPTIMIZERS",
     "OptimizerSpec",
@@ -34,7 +36,7 @@ class OptimizerSpec:
 
 
 def registered_optimizers() -> dict[str, OptimizerSpec]:
-    """All registered optimizers by name (aliases included)."""
+    """All registered optimizers by canonical name (aliases included)."""
     from gradkit import list_optimizers
 
     out: dict[str, OptimizerSpec] = {}
@@ -46,9 +48,9 @@ def registered_optimizers() -> dict[str, OptimizerSpec]:
             paper_title=info.paper_title,
             arxiv_id=info.arxiv_id,
         )
-        out[info.name] = spec
+        out[canonical_name(info.name)] = spec
         for alias in getattr(info, "aliases", ()):
-            out.setdefault(alias, spec)
+            out.setdefault(canonical_name(alias), spec)
     return out
 
 
@@ -59,7 +61,7 @@ def resolve_optimizers(names: list[str] | None) -> tuple[list[OptimizerSpec], li
     found: list[OptimizerSpec] = []
     missing: list[str] = []
     for name in wanted:
-        key = name.strip().lower()
+        key = canonical_name(name)
         if key in known:
             if known[key] not in found:
                 found.append(known[key])

@@ -9,7 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from gradkit.bench.plots import (
+from gradkit.bench.execution.trajectories import Trajectory
+from gradkit.bench.report.plots import (
     plot_curves,
     plot_lr_sensitivity,
     plot_sharpness,
@@ -17,8 +18,7 @@ from gradkit.bench.plots import (
     plot_time_to_target,
     plot_trajectories,
 )
-from gradkit.bench.results import OptimizerResult
-from gradkit.bench.trajectories import Trajectory
+from gradkit.bench.report.results import OptimizerResult
 
 __all__ = ["rank", "summary_table", "write_report"]
 

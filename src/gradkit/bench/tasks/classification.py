@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gradkit.bench.task import Task
+from gradkit.bench.tasks.interface import Task
 
 __all__ = ["ClassificationData", "classification_task"]
 

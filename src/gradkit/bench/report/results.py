@@ -9,9 +9,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from gradkit.bench.stats import mean_ci
-from gradkit.bench.task import Task
-from gradkit.bench.train import RunResult
+from gradkit.bench.execution.train import RunResult
+from gradkit.bench.protocol.stats import mean_ci
+from gradkit.bench.tasks.interface import Task
 
 __all__ = ["OptimizerResult", "TrialResult", "load_result"]
 

@@ -13,14 +13,14 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from gradkit.bench.optimizers import (
+from gradkit.bench.protocol.optimizers import (
     OptimizerSpec,
     build_optimizer,
     default_lr,
     scaled_hyperparams,
 )
-from gradkit.bench.sampler import log_grid
-from gradkit.bench.testfunctions import TestFunction
+from gradkit.bench.protocol.sampler import log_grid
+from gradkit.bench.tasks.testfunctions import TestFunction
 
 __all__ = ["Trajectory", "best_trajectory", "run_trajectory"]
 

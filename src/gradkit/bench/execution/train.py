@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from gradkit.bench.diagnose import StepInfo, TrainCallback
-from gradkit.bench.optimizers import OptimizerSpec, build_optimizer
-from gradkit.bench.task import Task
+from gradkit.bench.execution.diagnose import StepInfo, TrainCallback
+from gradkit.bench.protocol.optimizers import OptimizerSpec, build_optimizer
+from gradkit.bench.tasks.interface import Task
 
 __all__ = ["RunResult", "lr_multiplier", "train_run"]
 
@@ -26,7 +26,7 @@ class RunResult:
     Curves are sampled at evaluation points: ``steps[i]``, ``wall[i]`` (training seconds, eval
     time excluded), ``train_loss[i]`` (mean training loss since the previous point) and
     ``val[i]`` (validation metric). ``diagnostics`` maps each training-loop callback's name to
-    its records (JSON-serialisable dicts, see :mod:`gradkit.bench.diagnose`); empty when the
+    its records (JSON-serialisable dicts, see :mod:`gradkit.bench.execution.diagnose`); empty when the
     run had no callback.
     """
 

@@ -1,10 +1,10 @@
-"""The task plug-in interface of ``gradkit compare``.
+"""The task plug-in interface of ``gradkit compare``: what a task is (no task lives here).
 
 A :class:`Task` says what to train (a model builder), on what (a :class:`TaskData`), how the
 result is scored (metric, direction, target) and how much budget it gets by default. Register a
-task with :func:`register_task` and it becomes available to ``gradkit compare --task NAME``
+task with :func:`gradkit.bench.register_task` and it becomes available to ``gradkit compare --task NAME``
 (``--plugin my_module`` imports a module that registers tasks). For classification on tensors,
-:func:`gradkit.bench.classification.classification_task` builds a task in a few lines.
+:func:`gradkit.bench.classification_task` builds a task in a few lines.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["Task", "TaskData", "get_task", "list_tasks", "register_task"]
+__all__ = ["Task", "TaskData"]
 
 
 @runtime_checkable
@@ -91,35 +91,3 @@ class Task:
     def reached(self, value: float) -> bool:
         """True if ``value`` reaches the target."""
         return value >= self.target if self.higher_is_better else value <= self.target
-
-
-_TASKS: dict[str, Task] = {}
-
-
-def register_task(task: Task, *, replace: bool = False) -> Task:
-    """Make ``task`` available to ``gradkit compare --task``; returns it."""
-    if not isinstance(task, Task):
-        raise TypeError(f"register_task expects a Task, got {type(task).__name__}")
-    if task.name in _TASKS and not replace:
-        raise ValueError(f"a task named {task.name!r} is already registered (use replace=True)")
-    _TASKS[task.name] = task
-    return task
-
-
-def _load_builtin() -> None:
-    from gradkit.bench import tasks_charlm, tasks_digits, tasks_mnist1d  # noqa: F401
-
-
-def get_task(name: str) -> Task:
-    """Return the registered task ``name``; raises KeyError listing the known names."""
-    _load_builtin()
-    try:
-        return _TASKS[name]
-    except KeyError:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_TASKS))}") from None
-
-
-def list_tasks() -> list[Task]:
-    """All registered training tasks, sorted by name."""
-    _load_builtin()
-    return [_TASKS[k] for k in sorted(_TASKS)]

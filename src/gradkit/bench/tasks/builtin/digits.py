@@ -6,8 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gradkit.bench.classification import classification_task
-from gradkit.bench.task import register_task
+from gradkit.bench.tasks.classification import classification_task
 
 
 def load_digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -41,15 +40,13 @@ class DigitsCNN(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
-register_task(
-    classification_task(
-        "digits-cnn",
-        DigitsCNN,
-        load_digits_split,
-        target=0.97,
-        description="scikit-learn digits (8x8, 1437 train / 360 val), small 2-D CNN",
-        steps=600,
-        batch_size=64,
-        eval_every=50,
-    )
+DIGITS_CNN = classification_task(
+    "digits-cnn",
+    DigitsCNN,
+    load_digits_split,
+    target=0.97,
+    description="scikit-learn digits (8x8, 1437 train / 360 val), small 2-D CNN",
+    steps=600,
+    batch_size=64,
+    eval_every=50,
 )

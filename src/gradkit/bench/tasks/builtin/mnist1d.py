@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from gradkit.bench.classification import classification_task
-from gradkit.bench.task import register_task
+from gradkit.bench.tasks.classification import classification_task
+from gradkit.bench.tasks.interface import Task
 from gradkit.data.mnist1d import REFERENCE_ACCURACY, load_mnist1d
 
 REFERENCES = {
@@ -54,38 +54,36 @@ class Mnist1dCNN(nn.Module):
         return self.head(self.features(x.unsqueeze(1)).flatten(1))
 
 
-def _register_mnist1d(
+def _mnist1d_task(
     name: str, build_model: Callable[[], nn.Module], *, model: str, target: float, steps: int
-) -> None:
-    """Register an MNIST-1D task training ``build_model()`` (described as ``model``) on the
-    budget every MNIST-1D model shares: batches of 100, evaluation every 100 steps, 4 trials x
-    3 seeds, lr searched over 0.5-100 x the optimizer's default, the paper's references."""
-    register_task(
-        classification_task(
-            name,
-            build_model,
-            load_mnist1d,
-            target=target,
-            description=f"MNIST-1D (generated, 4000 train / 1000 test), {model}",
-            steps=steps,
-            batch_size=100,
-            eval_every=100,
-            trials=4,
-            seeds=3,
-            lr_factors=(0.5, 100.0),
-            references=REFERENCES,
-        )
+) -> Task:
+    """An MNIST-1D task training ``build_model()`` (described as ``model``) on the budget every
+    MNIST-1D model shares: batches of 100, evaluation every 100 steps, 4 trials x 3 seeds, lr
+    searched over 0.5-100 x the optimizer's default, the paper's references."""
+    return classification_task(
+        name,
+        build_model,
+        load_mnist1d,
+        target=target,
+        description=f"MNIST-1D (generated, 4000 train / 1000 test), {model}",
+        steps=steps,
+        batch_size=100,
+        eval_every=100,
+        trials=4,
+        seeds=3,
+        lr_factors=(0.5, 100.0),
+        references=REFERENCES,
     )
 
 
-_register_mnist1d(
+MNIST1D_MLP = _mnist1d_task(
     "mnist1d-mlp",
     mnist1d_mlp,
     model="MLP 40-256-256-10",
     target=REFERENCE_ACCURACY["mlp"],
     steps=1200,
 )
-_register_mnist1d(
+MNIST1D_CNN = _mnist1d_task(
     "mnist1d-cnn",
     Mnist1dCNN,
     model="3-layer 1-D CNN",

@@ -32,7 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from gradkit.bench.task import TaskData
+from gradkit.bench.tasks.interface import TaskData
 
 __all__ = [
     "DIAGNOSTICS",

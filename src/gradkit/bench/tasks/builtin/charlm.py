@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gradkit.bench.task import Task, register_task
+from gradkit.bench.tasks.interface import Task
 
 VOCAB = 98
 OTHER = VOCAB - 1
@@ -185,18 +185,16 @@ def _load(device: torch.device) -> CharLMData:
     return _CACHE[key]
 
 
-register_task(
-    Task(
-        name="stdlib-charlm",
-        description="character-level transformer LM (2 layers, d=64) on the Python stdlib source",
-        metric="bits per char",
-        higher_is_better=False,
-        target=3.0,
-        build_model=lambda: CharTransformer(context=CONTEXT),
-        load_data=_load,
-        steps=800,
-        batch_size=32,
-        eval_every=100,
-        worst=math.log2(VOCAB),
-    )
+STDLIB_CHARLM = Task(
+    name="stdlib-charlm",
+    description="character-level transformer LM (2 layers, d=64) on the Python stdlib source",
+    metric="bits per char",
+    higher_is_better=False,
+    target=3.0,
+    build_model=lambda: CharTransformer(context=CONTEXT),
+    load_data=_load,
+    steps=800,
+    batch_size=32,
+    eval_every=100,
+    worst=math.log2(VOCAB),
 )
