@@ -18,12 +18,39 @@ from torch.optim import Optimizer
 
 from gradkit.core.compiled import encode_hyperparameters, make_compiled_group_update
 from gradkit.core.flat import FlatGroup, flat_update
-from gradkit.core.hyperparams import Hyperparameter, flag, validate_group
+from gradkit.core.hyperparams import Hyperparameter, choice, flag, validate_group
+from gradkit.core.state_dict import check_and_migrate_state_dict
 from gradkit.core.transform import Chain, GradientTransformation, SkipStep, StepContext
 
 __all__ = ["ChainOptimizer"]
 
-_MAXIMIZE = flag("maximize", False)
+MAXIMIZE = flag("maximize", False)
+#: the construction options every gradkit optimizer takes
+FUSED = choice("fused", None, (None, True, False, "flat", "compile"))
+NONFINITE = choice("nonfinite", "ignore", ("ignore", "skip", "raise"))
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient holds NaN or infinity and the optimizer was told to refuse it."""
+
+
+def gradients_are_finite(grads: list[Tensor]) -> bool:
+    """True if no gradient holds NaN or infinity (one reduction and one read back)."""
+    if not grads:
+        return True
+    norms = torch._foreach_norm(grads, float("inf"))
+    return bool(torch.isfinite(torch.stack([n.float() for n in norms]).sum()))
+
+
+def nonfinite_error(grads: list[Tensor]) -> NonFiniteGradientError:
+    """The error for ``nonfinite="raise"``, naming the shapes of the offending gradients."""
+    bad = [g for g in grads if not bool(torch.isfinite(g).all())]
+    shapes = ", ".join(str(tuple(g.shape)) for g in bad[:5])
+    return NonFiniteGradientError(
+        f"non-finite gradient (NaN or inf) in {len(bad)} parameter(s) of shapes {shapes}; pass "
+        "nonfinite='skip' to skip such steps, or find the overflow (lower the lr, use gradient "
+        "clipping or a loss scaler)"
+    )
 
 
 class ChainOptimizer(Optimizer):
@@ -41,10 +68,25 @@ class ChainOptimizer(Optimizer):
             checks); ``"compile"``: the per-tensor lists under ``torch.compile``, for chains
             that are not ``flat_ok`` (per-tensor reductions); ``False``: always the eager
             multi-tensor path.
+        nonfinite: what a step does when a gradient of a param group holds NaN or infinity:
+            ``"ignore"`` (default, as torch.optim: the step runs and the NaN spreads),
+            ``"skip"`` (that group's step is skipped: parameters, state and step count stay as
+            they were, like a loss scaler's skipped step) or ``"raise"``
+            (:class:`NonFiniteGradientError`). Checking costs one reduction and one read back
+            per group and step.
+
+    Construction options (``fused``, ``nonfinite``, and a named optimizer's own such as
+    ``amsgrad``) are set once for the whole optimizer; a param group that sets one is refused.
+    Group hyperparameters (``lr``, ``betas``, ...) are validated for every group and read every
+    step. Complex parameters are updated through their real view (as torch.optim does) by chains
+    whose transforms all allow it; zero-element parameters are skipped.
 
     Example:
         >>> opt = ChainOptimizer(model.parameters(), chain(scale_by_adam(), scale_by_lr()), {"lr": 1e-3})
     """
+
+    #: names of construction options, which a param group may not set
+    construction_options: frozenset[str] = frozenset({"fused", "nonfinite"})
 
     def __init__(
         self,
@@ -53,39 +95,66 @@ class ChainOptimizer(Optimizer):
         defaults: Mapping[str, Any] | None = None,
         *,
         fused: bool | str | None = None,
+        nonfinite: str = "ignore",
+        specs: Mapping[str, Hyperparameter] | None = None,
     ) -> None:
         if not isinstance(transform, Chain):
             transform = Chain(transform)
-        if fused not in (None, True, False, "flat", "compile"):
-            raise ValueError(
-                f"Invalid fused: {fused!r}; fused must be None, True, False, 'flat' or 'compile'"
-            )
+        FUSED.validate(fused)
+        NONFINITE.validate(nonfinite)
         if fused in (True, "flat") and not transform.flat_ok:
             bad = [type(t).__name__ for t in transform.transforms if not t.flat_ok]
             raise ValueError(
                 f"fused={fused!r} needs every transform to be flat_ok; not flat_ok: {bad}"
             )
         self.fused = fused
+        self.nonfinite = nonfinite
         self._flat: dict[int, FlatGroup] = {}
         self._compiled: Any = None  # the compiled step, made on first use
         self._compile_backend = "inductor"
         self.transform: Chain = transform
-        specs = dict(transform.specs())
-        specs.setdefault("maximize", _MAXIMIZE)
-        self._specs: dict[str, Hyperparameter] = specs
+        specs = dict(transform.specs() if specs is None else specs)
+        specs.setdefault("maximize", MAXIMIZE)
         merged = {name: spec.default for name, spec in specs.items()}
         merged.update(defaults or {})
+        self._specs: dict[str, Hyperparameter] = specs
         validate_group(merged, specs)
         super().__init__(params, merged)
 
     # ------------------------------------------------------------------ param groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        options = sorted(set(param_group) & self.construction_options)
+        if options:
+            name = options[0]
+            raise ValueError(
+                f"{name} is a construction option of {type(self).__name__}: it is set once for "
+                f"the whole optimizer ({type(self).__name__}(params, {name}=...)) and cannot be "
+                "set per param group"
+            )
         super().add_param_group(param_group)
+        group = self.param_groups[-1]
         try:
-            validate_group(self.param_groups[-1], self._specs)
+            validate_group(group, self._specs)
+            self.transform.check_group(group)
+            if not self.transform.complex_ok and any(p.is_complex() for p in group["params"]):
+                raise ValueError(
+                    f"{type(self).__name__} does not take complex parameters: its update has no "
+                    "meaning on their real view (a matrix method); use real parameters"
+                )
         except ValueError:
             self.param_groups.pop()
             raise
+
+    # ------------------------------------------------------------------ copies
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but caches (flat buffers, compiled steps), which are rebuilt on demand."""
+        state = dict(self.__dict__)
+        state["_flat"] = {}
+        state["_compiled"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
 
     # ------------------------------------------------------------------ stepping
     @property
@@ -146,6 +215,8 @@ class ChainOptimizer(Optimizer):
                 return False
             self._flat[id(group)] = fg
         fg.adopt_grads()
+        if not self._finite_or_skip([fg.grad_flat]):
+            return True
         step = fg.step + 1
         state = {k: [v] for k, v in fg.state_flat.items()}
         try:
@@ -195,28 +266,48 @@ class ChainOptimizer(Optimizer):
                         p.grad.requires_grad_(False)
                     p.grad.zero_()
 
-    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
+    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """The parameters of ``group`` that take a step, their gradients, and the parameters
+        whose ``self.state`` entries they use.
+
+        Parameters without a gradient and zero-element parameters are left out; complex ones
+        enter as their real views (``torch.view_as_real``), as in torch.optim.
+        """
         params: list[Tensor] = []
         grads: list[Tensor] = []
+        owners: list[Tensor] = []
         for p in group["params"]:
-            if p.grad is None:
+            if p.grad is None or p.numel() == 0:
                 continue
             if p.grad.is_sparse:
                 raise RuntimeError(
                     f"{type(self).__name__} does not support sparse gradients (parameter of shape "
                     f"{tuple(p.shape)}); use dense gradients, e.g. nn.Embedding(sparse=False)"
                 )
-            params.append(p)
-            grads.append(p.grad)
-        return params, grads
+            owners.append(p)
+            if p.is_complex():
+                params.append(torch.view_as_real(p))
+                grads.append(torch.view_as_real(p.grad))
+            else:
+                params.append(p)
+                grads.append(p.grad)
+        return params, grads, owners
 
-    def _init_state(self, params: list[Tensor]) -> None:
-        fresh = [p for p in params if not self.state[p]]
+    def _finite_or_skip(self, grads: list[Tensor]) -> bool:
+        """Apply the ``nonfinite`` policy to this group's gradients; False: skip the step."""
+        if self.nonfinite == "ignore" or gradients_are_finite(grads):
+            return True
+        if self.nonfinite == "skip":
+            return False
+        raise nonfinite_error(grads)
+
+    def _init_state(self, params: list[Tensor], owners: list[Tensor]) -> None:
+        fresh = [i for i, p in enumerate(owners) if not self.state[p]]
         if not fresh:
             return
-        new_state = self.transform.init(fresh)
-        for i, p in enumerate(fresh):
-            st = self.state[p]
+        new_state = self.transform.init([params[i] for i in fresh])
+        for i, j in enumerate(fresh):
+            st = self.state[owners[j]]
             st["step"] = torch.tensor(0.0, dtype=torch.float32)
             for key, values in new_state.items():
                 st[key] = values[i]
@@ -224,11 +315,11 @@ class ChainOptimizer(Optimizer):
     def _step_group(
         self, group: dict[str, Any], closure: Callable[[], Any] | None, loss: Any
     ) -> None:
-        params, grads = self._gather(group)
-        if not params:
+        params, grads, owners = self._gather(group)
+        if not params or not self._finite_or_skip(grads):
             return
-        self._init_state(params)
-        states = [self.state[p] for p in params]
+        self._init_state(params, owners)
+        states = [self.state[p] for p in owners]
         step_tensors = [st["step"] for st in states]
         torch._foreach_add_(step_tensors, 1.0)
         keys = [k for k in states[0] if k != "step"]
@@ -264,7 +355,16 @@ class ChainOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ state dict
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict; state tensors keep their saved dtype (bit-exact resume)."""
+        """Load a state dict; state tensors keep their saved dtype (bit-exact resume).
+
+        The saved state is checked against what this optimizer's chain keeps (names and shapes)
+        and refused with a ValueError saying what differs, so another optimizer's state dict is
+        never half-used. A torch.optim state dict of the same rule loads (torch.optim's
+        implementation switches such as ``foreach`` are dropped; a construction option it
+        records, such as ``amsgrad``, must match this optimizer's), and so does a gradkit
+        checkpoint written with the positional state keys of gradkit 0.1 (``"0.exp_avg"``).
+        """
+        state_dict = check_and_migrate_state_dict(self, state_dict)
         self._flat.clear()  # flat buffers are rebuilt from the loaded per-param state
         super().load_state_dict(state_dict)
         saved_groups = state_dict["param_groups"]
@@ -277,3 +377,9 @@ class ChainOptimizer(Optimizer):
                     if isinstance(value, Tensor):
                         device = value.device if key == "step" else p.device
                         self.state[p][key] = value.to(device=device, copy=True)
+                if "step" not in self.state[p]:  # torch.optim.SGD keeps no step count
+                    self.state[p]["step"] = torch.tensor(1.0, dtype=torch.float32)
+
+    def construction_option_values(self) -> dict[str, Any]:
+        """The construction options of this optimizer and their values."""
+        return {"fused": self.fused, "nonfinite": self.nonfinite}

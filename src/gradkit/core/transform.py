@@ -108,6 +108,9 @@ class GradientTransformation:
     flat_ok: ClassVar[bool] = True
     #: True if the transform calls ``ctx.closure`` and so needs one
     needs_closure: ClassVar[bool] = False
+    #: True if the math has a meaning on the real view of complex parameters (elementwise
+    #: rules); False refuses complex parameters with a clear error (matrix methods)
+    complex_ok: ClassVar[bool] = True
 
     def init(self, params: TensorList) -> State:
         return {}
@@ -121,12 +124,56 @@ class GradientTransformation:
         """Hyperparameter specifications keyed by name."""
         return {h.name: h for h in self.hyperparameters}
 
+    def check_group(self, group: Mapping[str, Any]) -> None:
+        """Raise ValueError if the group's values are invalid together (each alone is checked by
+        its specification); e.g. Nesterov momentum needs ``dampening == 0``."""
+
+    def state_names(self) -> tuple[str, ...]:
+        """The names of this transform's per-parameter state (the keys ``init`` returns)."""
+        return tuple(self.init([]).keys())
+
+    def legacy_state_names(self) -> dict[str, str]:
+        """Old (positional, gradkit <= 0.1) state key -> current name, for loading old
+        checkpoints. A plain transform's keys never changed; composites override this."""
+        return {name: name for name in self.state_names()}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+def resolve_state_names(
+    parts: Sequence[tuple[str, tuple[str, ...]]],
+) -> list[dict[str, str]]:
+    """Give every part's state names a unique name in the combined state.
+
+    ``parts`` holds ``(prefix, names)`` per sub-transform. A name used by one part only keeps it
+    (``exp_avg``), so state dicts read like torch.optim's; a name used by several parts is
+    qualified by the part's prefix (``lookahead.exp_avg``), and by its position too if two parts
+    share a prefix. Returns one ``{name: unique name}`` map per part.
+    """
+    count: dict[str, int] = {}
+    for _, names in parts:
+        for n in names:
+            count[n] = count.get(n, 0) + 1
+    prefixes = [prefix for prefix, _ in parts]
+    out: list[dict[str, str]] = []
+    for i, (prefix, names) in enumerate(parts):
+        qual = prefix if prefixes.count(prefix) == 1 else f"{prefix}{i}"
+        out.append({n: n if count[n] == 1 else f"{qual}.{n}" for n in names})
+    return out
+
+
 class Chain(GradientTransformation):
-    """Apply transforms one after the other; the state of transform ``i`` uses keys ``"i.name"``."""
+    """Apply transforms one after the other.
+
+    State keys name what they hold (``exp_avg``, ``momentum_buffer``): each transform's own
+    names, qualified only where two transforms of the chain use the same name (see
+    :func:`resolve_state_names`).
+    """
 
     def __init__(self, *transforms: GradientTransformation) -> None:
         flat: list[GradientTransformation] = []
@@ -138,6 +185,9 @@ class Chain(GradientTransformation):
             else:
                 raise TypeError(f"chain() takes GradientTransformation objects, got {t!r}")
         self.transforms: tuple[GradientTransformation, ...] = tuple(flat)
+        self._names = resolve_state_names(
+            [(getattr(t, "state_prefix", _snake(type(t).__name__)), t.state_names()) for t in flat]
+        )
 
     @property
     def flat_ok(self) -> bool:  # type: ignore[override]
@@ -147,30 +197,47 @@ class Chain(GradientTransformation):
     def needs_closure(self) -> bool:  # type: ignore[override]
         return any(t.needs_closure for t in self.transforms)
 
+    @property
+    def complex_ok(self) -> bool:  # type: ignore[override]
+        return all(t.complex_ok for t in self.transforms)
+
     def specs(self) -> dict[str, Hyperparameter]:
         out: dict[str, Hyperparameter] = {}
         for t in self.transforms:
             out.update(t.specs())
         return out
 
+    def check_group(self, group: Mapping[str, Any]) -> None:
+        for t in self.transforms:
+            t.check_group(group)
+
+    def state_names(self) -> tuple[str, ...]:
+        return tuple(n for names in self._names for n in names.values())
+
+    def legacy_state_names(self) -> dict[str, str]:
+        return {
+            f"{i}.{old}": names[new]
+            for i, (t, names) in enumerate(zip(self.transforms, self._names))
+            for old, new in t.legacy_state_names().items()
+        }
+
     def init(self, params: TensorList) -> State:
         state: State = {}
-        for i, t in enumerate(self.transforms):
+        for t, names in zip(self.transforms, self._names):
             for key, value in t.init(params).items():
                 if len(value) != len(params):
                     raise ValueError(
                         f"{type(t).__name__}.init returned {len(value)} tensors for {key!r}, "
                         f"expected one per parameter ({len(params)})"
                     )
-                state[f"{i}.{key}"] = value
+                state[names[key]] = value
         return state
 
     def update(
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
-        for i, t in enumerate(self.transforms):
-            prefix = f"{i}."
-            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        for t, names in zip(self.transforms, self._names):
+            sub = {local: state[name] for local, name in names.items()}
             updates = t.update(updates, sub, params, ctx)
         return updates
 

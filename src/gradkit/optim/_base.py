@@ -1,54 +1,153 @@
-"""Base class of named optimizers: a recipe (a chain) plus defaults."""
+"""Base class of named optimizers: one declaration of settings, a recipe (a chain) from it.
+
+A named optimizer declares its settings once, in two kinds (see :mod:`gradkit.core.hyperparams`):
+
+``hyperparameters``
+    group hyperparameters with this optimizer's defaults: ``{"lr": 1e-3, ...}`` (a value) or
+    ``{"lr": interval("lr", 0.1, 0, low_open=True)}`` (a narrower specification than the
+    transform's). Their specifications come from the transforms of the chain; every
+    hyperparameter the chain reads is a keyword of the optimizer, with the transform's default
+    where the optimizer gives none.
+``options``
+    construction options (specifications): validated once, passed to :meth:`recipe` as keywords,
+    never copied into param groups or the state dict. Every named optimizer also takes ``fused``
+    and ``nonfinite`` (see :class:`~gradkit.core.optimizer.ChainOptimizer`).
+
+From this one declaration come the defaults, the chain, the signature that ``help()`` and
+``inspect.signature`` show, and the invalid values the contract test tries.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+import inspect
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from torch import Tensor
 
-from gradkit.core.optimizer import ChainOptimizer
-from gradkit.core.transform import GradientTransformation
+from gradkit.core.hyperparams import Hyperparameter
+from gradkit.core.optimizer import FUSED, MAXIMIZE, NONFINITE, ChainOptimizer
+from gradkit.core.transform import Chain, GradientTransformation
 
 __all__ = ["RecipeOptimizer"]
 
+_CORE_OPTIONS: tuple[Hyperparameter, ...] = (FUSED, NONFINITE)
+
+
+class _DeclaredSignature:
+    """``cls.__signature__``, computed from the class's declaration when first asked for."""
+
+    def __get__(self, obj: Any, cls: type) -> inspect.Signature:
+        params = [inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        kw = inspect.Parameter.KEYWORD_ONLY
+        for name, spec in {**cls.group_specs(), **cls.option_specs()}.items():
+            params.append(inspect.Parameter(name, kw, default=spec.default))
+        return inspect.Signature(params)
+
 
 class RecipeOptimizer(ChainOptimizer):
-    """A named optimizer: subclasses define ``recipe()`` and ``default_hyperparameters``.
+    """A named optimizer: subclasses declare ``hyperparameters`` and ``options`` and define
+    ``recipe(**options)``, which returns the chain (see the module docstring)."""
 
-    ``__init__`` takes the params and keyword hyperparameters (any not given take the defaults),
-    checks them, and builds the chain. ``fused`` selects the flat fast path (see
-    :class:`~gradkit.core.optimizer.ChainOptimizer`; default: on for CUDA params when the chain
-    allows it).
-    """
-
-    default_hyperparameters: ClassVar[dict[str, Any]] = {}
+    #: group hyperparameters: this optimizer's defaults (values, or narrower specifications)
+    hyperparameters: ClassVar[Mapping[str, Any]] = {}
+    #: construction options (specifications), passed to ``recipe``
+    options: ClassVar[tuple[Hyperparameter, ...]] = ()
+    #: construction options fixed by the class (AMSGrad: ``amsgrad=True``); only checked
+    #: against a loaded state dict that records them
+    implied_options: ClassVar[Mapping[str, Any]] = {}
+    #: True if ``recipe`` takes ``fused`` itself (an own fast path), so the generic flat path
+    #: does not apply
+    recipe_takes_fused: ClassVar[bool] = False
     requires_closure: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        *,
-        fused: bool | str | None = None,
-        **hyperparams: Any,
-    ):
-        chain_fused = fused
-        if "fused" in self.default_hyperparameters:
-            # The recipe has its own fast path (e.g. Muon's compiled update) chosen by ``fused``;
-            # the generic flat path does not apply to it.
-            if fused is not None:
-                hyperparams["fused"] = fused
-            chain_fused = False
-        unknown = set(hyperparams) - set(self.default_hyperparameters) - {"maximize"}
-        if unknown:
-            allowed = ", ".join(sorted(self.default_hyperparameters))
-            raise TypeError(
-                f"{type(self).__name__} got unknown hyperparameter(s) {sorted(unknown)}; "
-                f"it takes: {allowed}, maximize"
-            )
-        defaults = {**self.default_hyperparameters, **hyperparams}
-        super().__init__(params, self.recipe(**defaults), defaults, fused=chain_fused)
+    __signature__ = _DeclaredSignature()
 
-    def recipe(self, **hyperparams: Any) -> GradientTransformation:
-        """The chain of transforms; structural options (e.g. amsgrad) arrive as keywords."""
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], **kwargs: Any):
+        cls = type(self)
+        option_specs = cls.option_specs()
+        options = {name: kwargs.pop(name, spec.default) for name, spec in option_specs.items()}
+        for name, spec in option_specs.items():
+            spec.validate(options[name])
+        transform = self._build(options)
+        specs = cls._group_specs_of(transform)
+        unknown = sorted(set(kwargs) - set(specs))
+        if unknown:
+            raise TypeError(
+                f"{cls.__name__} got unknown argument(s) {unknown}; it takes: "
+                f"{', '.join([*specs, *option_specs])}"
+            )
+        self.options = MappingProxyType(options)
+        self.construction_options = frozenset(option_specs) | frozenset(cls.implied_options)
+        super().__init__(
+            params,
+            transform,
+            kwargs,
+            fused=False if cls.recipe_takes_fused else options["fused"],
+            nonfinite=options["nonfinite"],
+            specs=specs,
+        )
+
+    # ------------------------------------------------------------------ the declaration
+    @classmethod
+    def option_specs(cls) -> dict[str, Hyperparameter]:
+        """Construction options: the class's own, then ``fused`` and ``nonfinite``."""
+        return {spec.name: spec for spec in (*cls.options, *_CORE_OPTIONS)}
+
+    @classmethod
+    def group_specs(cls) -> dict[str, Hyperparameter]:
+        """Group hyperparameters with this optimizer's defaults (chain built with default
+        options)."""
+        defaults = {name: spec.default for name, spec in cls.option_specs().items()}
+        return cls._group_specs_of(cls._build_for(defaults))
+
+    @classmethod
+    def declared_defaults(cls) -> dict[str, Any]:
+        """Every keyword argument with its default: group hyperparameters, then options."""
+        return {
+            name: spec.default for name, spec in {**cls.group_specs(), **cls.option_specs()}.items()
+        }
+
+    @classmethod
+    def _group_specs_of(cls, transform: GradientTransformation) -> dict[str, Hyperparameter]:
+        chain = transform if isinstance(transform, Chain) else Chain(transform)
+        from_chain = chain.specs()
+        # the declared ones first, in declaration order (the signature's order), then the rest
+        specs = {n: from_chain[n] for n in cls.hyperparameters if n in from_chain}
+        specs.update(from_chain)
+        specs.setdefault("maximize", MAXIMIZE)
+        for name, value in cls.hyperparameters.items():
+            if isinstance(value, Hyperparameter):
+                specs[name] = value
+            elif name in specs:
+                specs[name] = _with_default(specs[name], value)
+            else:
+                raise TypeError(
+                    f"{cls.__name__} declares a default for {name!r}, which its chain does not read"
+                )
+        return specs
+
+    @classmethod
+    def _build_for(cls, options: Mapping[str, Any]) -> GradientTransformation:
+        blank = cls.__new__(cls)  # a recipe reads the options, never the optimizer's state
+        return blank._build(options)
+
+    def _build(self, options: Mapping[str, Any]) -> GradientTransformation:
+        given = {k: v for k, v in options.items() if k not in ("fused", "nonfinite")}
+        if self.recipe_takes_fused:
+            given["fused"] = options["fused"]
+        return self.recipe(**given)
+
+    def recipe(self, **options: Any) -> GradientTransformation:
+        """The chain of transforms, built from the construction options."""
         raise NotImplementedError
+
+    def construction_option_values(self) -> dict[str, Any]:
+        return {**self.implied_options, **self.options}
+
+
+def _with_default(spec: Hyperparameter, default: Any) -> Hyperparameter:
+    """``spec`` with another default (specifications are frozen dataclasses)."""
+    return dataclasses.replace(spec, default=default)

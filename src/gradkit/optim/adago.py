@@ -8,7 +8,7 @@ Per hidden matrix, with ``g`` its stochastic gradient:
     p <- (1 - lr wd) p - alpha * s(shape) * NS_5(m)
 
 Zhang, Liu & Schaeffer, "AdaGrad Meets Muon: Adaptive Stepsizes for Orthogonal Updates", arXiv
-2509.02981 (seed P254). Other parameters take AdamW, split as for ``muon``. ``scale`` defaults
+2509.02981. Other parameters take AdamW, split as for ``muon``. ``scale`` defaults
 to "none" (the paper has no shape factor).
 
 pytorch-optimizer's ``AdaGO`` (4.1.0) divides by the accumulated squared norms ``v^2`` rather than
@@ -34,7 +34,6 @@ __all__ = ["AdaGO"]
     "adago",
     paper="AdaGrad Meets Muon: Adaptive Stepsizes for Orthogonal Updates",
     arxiv="2509.02981",
-    seed="P254",
 )
 class AdaGO(GeometryAwareOptimizer):
     """Orthogonalized momentum with an AdaGrad-norm step size; AdamW for non-matrix parameters.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim._base import RecipeOptimizer
 from gradkit.optim.registry import register_optimizer
@@ -18,19 +16,19 @@ __all__ = ["Adam", "AdamW"]
 
 
 @register_optimizer(
-    "adam", paper="Adam: A Method for Stochastic Optimization", arxiv="1412.6980", seed=None
+    "adam", paper="Adam: A Method for Stochastic Optimization", arxiv="1412.6980"
 )
 class Adam(RecipeOptimizer):
     """Adam with coupled L2 weight decay, matching ``torch.optim.Adam``.
 
     ``g <- g + wd * p``; ``m <- b1 m + (1-b1) g``; ``v <- b2 v + (1-b2) g^2``;
     ``p <- p - lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)``. ``amsgrad=True`` uses the
-    running maximum of ``v`` (Reddi et al., arXiv 1904.09237, seed P212).
+    running maximum of ``v`` (Reddi et al., arXiv 1904.09237, ).
 
     Recipe: ``chain(l2_regularization, ScaleByAdam, ScaleByLearningRate)``.
     """
 
-    default_hyperparameters = {
+    hyperparameters = {
         "lr": 1e-3,
         "betas": (0.9, 0.999),
         "eps": 1e-8,
@@ -38,12 +36,12 @@ class Adam(RecipeOptimizer):
         "amsgrad": False,
     }
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
+    def recipe(self) -> GradientTransformation:
         return chain(l2_regularization(), ScaleByAdam(), ScaleByLearningRate())
 
 
 @register_optimizer(
-    "adamw", paper="Decoupled Weight Decay Regularization", arxiv="1711.05101", seed=None
+    "adamw", paper="Decoupled Weight Decay Regularization", arxiv="1711.05101"
 )
 class AdamW(RecipeOptimizer):
     """Adam with decoupled weight decay, matching ``torch.optim.AdamW``.
@@ -53,7 +51,7 @@ class AdamW(RecipeOptimizer):
     Recipe: ``chain(ScaleByAdam, decoupled_weight_decay, ScaleByLearningRate)``.
     """
 
-    default_hyperparameters = {
+    hyperparameters = {
         "lr": 1e-3,
         "betas": (0.9, 0.999),
         "eps": 1e-8,
@@ -61,5 +59,5 @@ class AdamW(RecipeOptimizer):
         "amsgrad": False,
     }
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
+    def recipe(self) -> GradientTransformation:
         return chain(ScaleByAdam(), decoupled_weight_decay(), ScaleByLearningRate())

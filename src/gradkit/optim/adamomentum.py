@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim._base import RecipeOptimizer
 from gradkit.optim.registry import register_optimizer
@@ -18,7 +16,6 @@ __all__ = ["AdaMomentum"]
     "adamomentum",
     paper="Rethinking Adam: A Twofold Exponential Moving Average Approach",
     arxiv="2106.11514",
-    seed="P268",
 )
 class AdaMomentum(RecipeOptimizer):
     """AdaMomentum (the paper's algorithm box).
@@ -31,16 +28,16 @@ class AdaMomentum(RecipeOptimizer):
     (AdamW style; 0 by default, the algorithm box has none).
 
     Wang et al., "Rethinking Adam: A Twofold Exponential Moving Average Approach",
-    arXiv 2106.11514 (seed P268).
+    arXiv 2106.11514.
     Recipe: ``chain(ScaleByAdaMomentum, decoupled_weight_decay, ScaleByLearningRate)``.
     """
 
-    default_hyperparameters = {
+    hyperparameters = {
         "lr": 1e-3,
         "betas": (0.9, 0.999),
         "eps": 1e-8,
         "weight_decay": 0.0,
     }
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
+    def recipe(self) -> GradientTransformation:
         return chain(ScaleByAdaMomentum(), decoupled_weight_decay(), ScaleByLearningRate())

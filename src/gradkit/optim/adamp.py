@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim._base import RecipeOptimizer
 from gradkit.optim.registry import register_optimizer
@@ -18,7 +16,6 @@ __all__ = ["AdamP"]
     "adamp",
     paper="AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant Weights",
     arxiv="2006.08217",
-    seed="P024",
 )
 class AdamP(RecipeOptimizer):
     """AdamP.
@@ -33,11 +30,11 @@ class AdamP(RecipeOptimizer):
     (normalized) weights from decaying prematurely under momentum.
 
     Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
-    Weights", ICLR 2021, arXiv 2006.08217 (seed P024).
+    Weights", ICLR 2021, arXiv 2006.08217.
     Recipe: ``chain(ScaleByAdamNesterov, ProjectRadial, ScaleByLearningRate)``.
     """
 
-    default_hyperparameters = {
+    hyperparameters = {
         "lr": 1e-3,
         "betas": (0.9, 0.999),
         "eps": 1e-8,
@@ -47,5 +44,5 @@ class AdamP(RecipeOptimizer):
         "nesterov": False,
     }
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
+    def recipe(self) -> GradientTransformation:
         return chain(ScaleByAdamNesterov(), ProjectRadial(), ScaleByLearningRate())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim._base import RecipeOptimizer
 from gradkit.optim.registry import register_optimizer
@@ -18,7 +16,6 @@ __all__ = ["AdEMAMix"]
     "ademamix",
     paper="The AdEMAMix Optimizer: Better, Faster, Older",
     arxiv="2409.03137",
-    seed="P171",
 )
 class AdEMAMix(RecipeOptimizer):
     """AdEMAMix (Algorithm 1 of the paper).
@@ -35,7 +32,7 @@ class AdEMAMix(RecipeOptimizer):
     Recipe: ``chain(ScaleByAdEMAMix, DecoupledWeightDecay, ScaleByLearningRate)``.
     """
 
-    default_hyperparameters = {
+    hyperparameters = {
         "lr": 1e-3,
         "betas": (0.9, 0.999, 0.9999),
         "alpha": 5.0,
@@ -45,5 +42,5 @@ class AdEMAMix(RecipeOptimizer):
         "weight_decay": 0.0,
     }
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
+    def recipe(self) -> GradientTransformation:
         return chain(ScaleByAdEMAMix(), DecoupledWeightDecay(), ScaleByLearningRate())

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from gradkit.core.hyperparams import choice
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim._base import RecipeOptimizer
 from gradkit.optim.registry import register_optimizer
@@ -15,7 +14,7 @@ __all__ = ["AMSGrad"]
 
 
 @register_optimizer(
-    "amsgrad", paper="On the Convergence of Adam and Beyond", arxiv="1904.09237", seed="P212"
+    "amsgrad", paper="On the Convergence of Adam and Beyond", arxiv="1904.09237"
 )
 class AMSGrad(RecipeOptimizer):
     """AMSGrad, matching ``torch.optim.Adam(amsgrad=True)``.
@@ -29,18 +28,16 @@ class AMSGrad(RecipeOptimizer):
     torch.optim this version bias-corrects (see docs/differences.md).
 
     Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018, arXiv 1904.09237
-    (seed P212). Recipe: ``chain(l2_regularization, ScaleByAdam(amsgrad), ScaleByLearningRate)``.
+   . Recipe: ``chain(l2_regularization, ScaleByAdam(amsgrad), ScaleByLearningRate)``.
     """
 
-    default_hyperparameters = {
+    hyperparameters = {
         "lr": 1e-3,
         "betas": (0.9, 0.999),
         "eps": 1e-8,
         "weight_decay": 0.0,
-        "amsgrad": True,
+        "amsgrad": choice("amsgrad", True, (True,)),
     }
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
-        if hp["amsgrad"] is not True:
-            raise ValueError("Invalid amsgrad: AMSGrad requires amsgrad=True (use Adam otherwise)")
+    def recipe(self) -> GradientTransformation:
         return chain(l2_regularization(), ScaleByAdam(), ScaleByLearningRate())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim._base import RecipeOptimizer
 from gradkit.optim.registry import register_optimizer
@@ -18,7 +16,6 @@ __all__ = ["DiffGrad"]
     "diffgrad",
     paper="diffGrad: An Optimization Method for Convolutional Neural Networks",
     arxiv="1909.11015",
-    seed="P014",
 )
 class DiffGrad(RecipeOptimizer):
     """diffGrad.
@@ -31,16 +28,16 @@ class DiffGrad(RecipeOptimizer):
     gradient barely changes, e.g. near a flat minimum, and stay Adam-sized where it changes fast.
 
     Dubey et al., "diffGrad: An Optimization Method for Convolutional Neural Networks",
-    IEEE TNNLS 2019, arXiv 1909.11015 (seed P014).
+    IEEE TNNLS 2019, arXiv 1909.11015.
     Recipe: ``chain(l2_regularization, ScaleByDiffGrad, ScaleByLearningRate)``.
     """
 
-    default_hyperparameters = {
+    hyperparameters = {
         "lr": 1e-3,
         "betas": (0.9, 0.999),
         "eps": 1e-8,
         "weight_decay": 0.0,
     }
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
+    def recipe(self) -> GradientTransformation:
         return chain(l2_regularization(), ScaleByDiffGrad(), ScaleByLearningRate())

@@ -11,7 +11,7 @@ step counters do not advance). AdamW parameters are updated every step. Schedule
 - ``"uniform"``: each matrix independently with probability ``keep_prob`` (at least one).
 
 Gruntkowska, Maziane, Qu & Richtarik, "Drop-Muon: Update Less, Converge Faster", arXiv
-2510.02239 (seed P022). ``seed`` makes the draws reproducible; the generator's state is saved in
+2510.02239. ``seed`` makes the draws reproducible; the generator's state is saved in
 ``state_dict()`` under ``"drop_rng"``.
 """
 
@@ -34,7 +34,6 @@ _SCHEDULES = ("progressive", "uniform")
     "drop_muon",
     paper="Drop-Muon: Update Less, Converge Faster",
     arxiv="2510.02239",
-    seed="P022",
 )
 class DropMuon(Muon):
     """Muon on a random subset of the hidden matrices per step (see module docstring).
@@ -97,12 +96,12 @@ class DropMuon(Muon):
         self._active = {id(mats[i]) for i in self.last_sampled}
         return super().step(closure)
 
-    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
-        params, grads = super()._gather(group)
+    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        params, grads, owners = super()._gather(group)
         if not group["use_muon"]:
-            return params, grads
-        keep = [i for i, p in enumerate(params) if id(p) in self._active]
-        return [params[i] for i in keep], [grads[i] for i in keep]
+            return params, grads, owners
+        keep = [i for i, p in enumerate(owners) if id(p) in self._active]
+        return [params[i] for i in keep], [grads[i] for i in keep], [owners[i] for i in keep]
 
     def state_dict(self) -> dict[str, Any]:
         out = super().state_dict()

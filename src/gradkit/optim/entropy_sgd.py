@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradkit.core.hyperparams import Hyperparameter, interval
+from gradkit.core.hyperparams import integer, interval
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList, chain
 from gradkit.optim._base import RecipeOptimizer
 from gradkit.optim._wrapper import closure_error
@@ -30,12 +30,7 @@ class _LocalEntropySettings(GradientTransformation):
         interval("sgld_lr", 0.1, 0.0, low_open=True),
         interval("noise", 1e-4, 0.0),
         interval("alpha", 0.75, 0.0, 1.0, low_open=True),
-        Hyperparameter(
-            "langevin_steps",
-            20,
-            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-            "an integer >= 1",
-        ),
+        integer("langevin_steps", 20, low=1),
     )
 
     def update(
@@ -48,7 +43,6 @@ class _LocalEntropySettings(GradientTransformation):
     "entropy_sgd",
     paper="Entropy-SGD: Biasing Gradient Descent Into Wide Valleys",
     arxiv="1611.01838",
-    seed="P301",
 )
 class EntropySGD(RecipeOptimizer):
     """Entropy-SGD (Chaudhari et al., Algorithm 1).
@@ -72,11 +66,11 @@ class EntropySGD(RecipeOptimizer):
 
     Chaudhari, Choromanska, Soatto, LeCun, Baldassi, Borgs, Chayes, Sagun, Zecchina,
     "Entropy-SGD: Biasing Gradient Descent Into Wide Valleys", ICLR 2017, arXiv 1611.01838
-    (seed P301). Defaults from the paper: ``L = 20``, ``sgld_lr = 0.1``, ``noise = 1e-4``,
+   . Defaults from the paper: ``L = 20``, ``sgld_lr = 0.1``, ``noise = 1e-4``,
     ``alpha = 0.75``, ``gamma = 0.03``, ``gamma_scoping = 1e-3``, ``lr = 1``.
     """
 
-    default_hyperparameters = {
+    hyperparameters = {
         "lr": 1.0,
         "momentum": 0.0,
         "dampening": 0.0,
@@ -88,27 +82,17 @@ class EntropySGD(RecipeOptimizer):
         "noise": 1e-4,
         "alpha": 0.75,
         "langevin_steps": 20,
-        "seed": None,
     }
+    #: ``seed`` fixes the Langevin noise (a private generator, saved in ``state_dict``)
+    options = (integer("seed", None, allow_none=True),)
     requires_closure = True
 
-    def __init__(
-        self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        seed: int | None = None,
-        **hyperparams: Any,
-    ) -> None:
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise ValueError(f"Invalid seed: {seed!r}; seed must be an integer or None")
-        self._seed = seed
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self._seed = self.options["seed"]
         self._generator: torch.Generator | None = None
-        super().__init__(params, **hyperparams)
-        # ``seed`` is a constructor option, not a per-group hyperparameter
-        self.defaults.pop("seed", None)
-        for group in self.param_groups:
-            group.pop("seed", None)
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
+    def recipe(self, *, seed: int | None) -> GradientTransformation:
         return chain(
             _LocalEntropySettings(), l2_regularization(), Momentum(), ScaleByLearningRate()
         )

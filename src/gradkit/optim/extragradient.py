@@ -19,7 +19,7 @@ __all__ = ["ExtraGradient", "OptimisticGD"]
 _PAPER = "On the convergence of single-call stochastic extra-gradient methods"
 
 
-@register_optimizer("extragradient", paper=_PAPER, arxiv="1908.08465", seed="P263")
+@register_optimizer("extragradient", paper=_PAPER, arxiv="1908.08465")
 class ExtraGradient(RecipeOptimizer):
     """Extra-gradient (Korpelevich): step with the field at an extrapolated point.
 
@@ -32,7 +32,7 @@ class ExtraGradient(RecipeOptimizer):
     Two closure calls per step; all groups are extrapolated together before the second call.
     The closure's loss at ``x_t`` is returned. Paper: Hsieh, Iutzeler, Malick, Mertikopoulos, "On
     the convergence of single-call stochastic extra-gradient methods", NeurIPS 2019, arXiv
-    1908.08465 (seed P263), which states EG as above with one step size. Default ``lr = 0.01``
+    1908.08465, which states EG as above with one step size. Default ``lr = 0.01``
     (the paper fixes none; it must be below ``1/L`` for an ``L``-Lipschitz field).
 
     Example (``min_x max_y f(x, y)``)::
@@ -48,10 +48,10 @@ class ExtraGradient(RecipeOptimizer):
         opt.step(closure)
     """
 
-    default_hyperparameters = {"lr": 0.01}
+    hyperparameters = {"lr": 0.01}
     requires_closure = True
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
+    def recipe(self) -> GradientTransformation:
         return chain(ScaleByLearningRate())
 
     @torch.no_grad()
@@ -84,7 +84,7 @@ class ExtraGradient(RecipeOptimizer):
 
 
 @register_optimizer(
-    "optimistic_gd", paper=_PAPER, arxiv="1908.08465", seed="P263", aliases=("ogd",)
+    "optimistic_gd", paper=_PAPER, arxiv="1908.08465", aliases=("ogd",)
 )
 class OptimisticGD(RecipeOptimizer):
     """Optimistic gradient descent: ``x_{t+1} = x_t - lr ((alpha + beta) V_t - beta V_{t-1})``.
@@ -96,12 +96,12 @@ class OptimisticGD(RecipeOptimizer):
     ``optax.optimistic_gradient_descent``.
 
     Hsieh, Iutzeler, Malick, Mertikopoulos, "On the convergence of single-call stochastic
-    extra-gradient methods", arXiv 1908.08465 (seed P263). Default ``lr = 0.01``.
+    extra-gradient methods", arXiv 1908.08465. Default ``lr = 0.01``.
 
     Recipe: ``chain(ScaleByOptimisticGradient, ScaleByLearningRate)``.
     """
 
-    default_hyperparameters = {"lr": 0.01, "og_alpha": 1.0, "og_beta": 1.0}
+    hyperparameters = {"lr": 0.01, "og_alpha": 1.0, "og_beta": 1.0}
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
+    def recipe(self) -> GradientTransformation:
         return chain(ScaleByOptimisticGradient(), ScaleByLearningRate())

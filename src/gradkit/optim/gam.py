@@ -19,7 +19,6 @@ __all__ = ["GAM"]
     "gam",
     paper="Gradient Norm Aware Minimization Seeks First-Order Flatness and Improves Generalization",
     arxiv="2303.03108",
-    seed="P258",
 )
 class GAM(WrapperOptimizer):
     """Gradient norm aware minimization: descend ``L(w) + alpha * rho * max_{||d||<=rho} ||grad L(w+d)||``.
@@ -40,7 +39,7 @@ class GAM(WrapperOptimizer):
     parameters' ``.grad`` hold ``g0 + alpha * h``.
 
     Zhang, Xu, Yu, Zou, Cui, "Gradient Norm Aware Minimization Seeks First-Order Flatness and
-    Improves Generalization", CVPR 2023, arXiv 2303.03108 (seed P258). Defaults: ``rho = 0.02``
+    Improves Generalization", CVPR 2023, arXiv 2303.03108. Defaults: ``rho = 0.02``
     and ``fd_radius = 0.1`` (the gradient-norm and gradient radii of the authors' code),
     ``alpha = 1``.
     """
@@ -49,7 +48,7 @@ class GAM(WrapperOptimizer):
         interval("rho", 0.02, 0.0),
         interval("alpha", 1.0, 0.0),
         interval("fd_radius", 0.1, 0.0, low_open=True),
-        interval("perturb_eps", 1e-12, 0.0),
+        interval("perturb_eps", 1e-12, 0.0, low_open=True),
     )
     default_hyperparameters = {
         "base_optimizer": "sgd",

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from gradkit.core.hyperparams import interval
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim._base import RecipeOptimizer
 from gradkit.optim.registry import register_optimizer
@@ -17,7 +16,6 @@ __all__ = ["Gravity"]
     "gravity",
     paper="Gravity Optimizer: a Kinematic Approach on Optimization in Deep Learning",
     arxiv="2101.09192",
-    seed="P213",
 )
 class Gravity(RecipeOptimizer):
     """Gravity, per tensor at step ``t``:
@@ -31,11 +29,12 @@ class Gravity(RecipeOptimizer):
     Recipe: ``chain(ScaleByGravity, ScaleByLearningRate)``.
     """
 
-    default_hyperparameters = {"lr": 0.1, "alpha": 0.01, "beta": 0.9}
+    hyperparameters = {
+        # lr > 0: V_0 is drawn with std alpha / lr
+        "lr": interval("lr", 0.1, 0.0, low_open=True),
+        "alpha": 0.01,
+        "beta": 0.9,
+    }
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
-        if not hp["lr"] > 0:
-            raise ValueError(
-                f"Invalid lr: {hp['lr']!r}; lr must be > 0 (Gravity draws V_0 with std alpha/lr)"
-            )
+    def recipe(self) -> GradientTransformation:
         return chain(ScaleByGravity(), ScaleByLearningRate())

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from gradkit.core.hyperparams import choice
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim._base import RecipeOptimizer
 from gradkit.optim.registry import register_optimizer
 from gradkit.transforms.decay import decoupled_weight_decay
-from gradkit.transforms.lion import ScaleByLion
+from gradkit.transforms.lion import KAPPAS, ScaleByLion
 from gradkit.transforms.scaling import ScaleByLearningRate
 
 __all__ = ["Lion", "LionKappa"]
@@ -19,7 +18,6 @@ __all__ = ["Lion", "LionKappa"]
     paper="Symbolic Discovery of Optimization Algorithms (analysis: Lion Secretly Solves "
     "Constrained Optimization: As Lyapunov Predicts, arXiv 2310.05898)",
     arxiv="2302.06675",
-    seed="P049",
 )
 class Lion(RecipeOptimizer):
     """Lion (EvoLved Sign Momentum).
@@ -28,16 +26,16 @@ class Lion(RecipeOptimizer):
 
     One state buffer per parameter (half of Adam's memory). Every step moves each coordinate by
     exactly ``lr``, so use a learning rate 3-10x smaller than AdamW's and a weight decay that
-    much larger. Chen, Liu, Liang & Liu (seed P049) show Lion minimizes the loss subject to
+    much larger. Chen, Liu, Liang & Liu show Lion minimizes the loss subject to
     ``||p||_inf <= 1 / wd``.
 
     Chen et al., "Symbolic Discovery of Optimization Algorithms", arXiv 2302.06675.
     Recipe: ``chain(ScaleByLion("sign"), decoupled_weight_decay, ScaleByLearningRate)``.
     """
 
-    default_hyperparameters = {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0}
+    hyperparameters = {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0}
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
+    def recipe(self) -> GradientTransformation:
         return chain(ScaleByLion("sign"), decoupled_weight_decay(), ScaleByLearningRate())
 
 
@@ -45,7 +43,6 @@ class Lion(RecipeOptimizer):
     "lion_kappa",
     paper="Lion Secretly Solves Constrained Optimization: As Lyapunov Predicts",
     arxiv="2310.05898",
-    seed="P049",
 )
 class LionKappa(RecipeOptimizer):
     """Lion-kappa: Lion with ``sign`` replaced by the gradient of a convex function kappa.
@@ -59,16 +56,12 @@ class LionKappa(RecipeOptimizer):
     decoupled weight decay the iterates stay in ``||x||_inf <= 1 / wd`` for these kappas.
 
     Chen, Liu, Liang & Liu, "Lion Secretly Solves Constrained Optimization: As Lyapunov
-    Predicts", ICLR 2024, arXiv 2310.05898 (seed P049).
+    Predicts", ICLR 2024, arXiv 2310.05898.
     Recipe: ``chain(ScaleByLion(kappa), decoupled_weight_decay, ScaleByLearningRate)``.
     """
 
-    default_hyperparameters = {
-        "lr": 1e-4,
-        "betas": (0.9, 0.99),
-        "weight_decay": 0.0,
-        "kappa": "sign",
-    }
+    hyperparameters = {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0}
+    options = (choice("kappa", "sign", KAPPAS),)
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
-        return chain(ScaleByLion(hp["kappa"]), decoupled_weight_decay(), ScaleByLearningRate())
+    def recipe(self, *, kappa: str) -> GradientTransformation:
+        return chain(ScaleByLion(kappa), decoupled_weight_decay(), ScaleByLearningRate())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim._base import RecipeOptimizer
 from gradkit.optim.registry import register_optimizer
@@ -18,7 +16,6 @@ __all__ = ["MADGRAD"]
     paper="Adaptivity without Compromise: A Momentumized, Adaptive, Dual Averaged Gradient "
     "Method for Stochastic Optimization",
     arxiv="2101.11075",
-    seed="P300",
 )
 class MADGRAD(RecipeOptimizer):
     """MADGRAD.
@@ -33,16 +30,16 @@ class MADGRAD(RecipeOptimizer):
     paper (see docs/differences.md).
 
     Defazio & Jelassi, "Adaptivity without Compromise: A Momentumized, Adaptive, Dual Averaged
-    Gradient Method for Stochastic Optimization", arXiv 2101.11075 (seed P300).
+    Gradient Method for Stochastic Optimization", arXiv 2101.11075.
     Recipe: ``chain(l2_regularization, MadgradStep)``.
     """
 
-    default_hyperparameters = {
+    hyperparameters = {
         "lr": 1e-2,
         "momentum": 0.9,
         "weight_decay": 0.0,
         "eps": 1e-6,
     }
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
+    def recipe(self) -> GradientTransformation:
         return chain(l2_regularization(), MadgradStep())

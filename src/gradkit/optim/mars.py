@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from gradkit.core.hyperparams import choice
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim._base import RecipeOptimizer
 from gradkit.optim.registry import register_optimizer
@@ -22,7 +21,6 @@ MARS_TYPES = ("adamw", "lion")
     "mars",
     paper="MARS: Unleashing the Power of Variance Reduction for Training Large Models",
     arxiv="2411.10438",
-    seed="P290",
 )
 class MARS(RecipeOptimizer):
     """MARS-AdamW (default) and MARS-Lion, approximate variant (one gradient per step).
@@ -45,7 +43,7 @@ class MARS(RecipeOptimizer):
     ScaleByLearningRate)``.
     """
 
-    default_hyperparameters = {
+    hyperparameters = {
         "lr": 3e-3,
         "betas": (0.95, 0.99),
         "gamma": 0.025,
@@ -53,14 +51,9 @@ class MARS(RecipeOptimizer):
         "eps": 1e-8,
         "weight_decay": 0.0,
         "amsgrad": False,
-        "mars_type": "adamw",
     }
+    options = (choice("mars_type", "adamw", MARS_TYPES),)
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
-        kind = hp["mars_type"]
-        if kind not in MARS_TYPES:
-            raise ValueError(
-                f"Invalid mars_type: {kind!r}; mars_type must be one of {MARS_TYPES!r}"
-            )
-        direction = ScaleByAdam() if kind == "adamw" else SignOfMomentum()
+    def recipe(self, *, mars_type: str) -> GradientTransformation:
+        direction = ScaleByAdam() if mars_type == "adamw" else SignOfMomentum()
         return chain(MarsCorrection(), direction, DecoupledWeightDecay(), ScaleByLearningRate())

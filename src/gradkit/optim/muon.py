@@ -60,7 +60,7 @@ _ADAMW_DEFAULTS: dict[str, Any] = {
 _ADAMW_SPECS = (
     interval("adamw_lr", 3e-4, 0.0),
     betas("adamw_betas", (0.9, 0.95)),
-    interval("adamw_eps", 1e-10, 0.0),
+    interval("adamw_eps", 1e-10, 0.0, low_open=True),
     interval("adamw_wd", 0.0, 0.0),
 )
 _ADAMW_KEYS = {
@@ -146,7 +146,6 @@ class GeometryAwareOptimizer(RecipeOptimizer):
     "muon",
     paper="Muon: An optimizer for hidden layers in neural networks (Jordan et al., 2024)",
     arxiv=None,
-    seed=None,
 )
 class Muon(GeometryAwareOptimizer):
     """Momentum, then Newton-Schulz orthogonalization of each hidden matrix's update; AdamW for

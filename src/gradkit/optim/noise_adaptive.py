@@ -12,7 +12,7 @@ momentum before the step:
 AdamW, split as for ``muon``.
 
 Hao, Gong, Xu, Wang & Liu, "Noise-Adaptive Layerwise Learning Rates: Accelerating Geometry-Aware
-Optimization for Deep Neural Network Training", arXiv 2510.14009 (seed P019). The noise
+Optimization for Deep Neural Network Training", arXiv 2510.14009. The noise
 estimate (deviation from the momentum) and the normalization by the least-noisy layer of the
 group are gradkit's reading of the abstract; see docs/differences.
 """
@@ -37,7 +37,6 @@ __all__ = ["NoiseAdaptiveMuon"]
     paper="Noise-Adaptive Layerwise Learning Rates: Accelerating Geometry-Aware Optimization "
     "for Deep Neural Network Training",
     arxiv="2510.14009",
-    seed="P019",
     aliases=("lanton",),
 )
 class NoiseAdaptiveMuon(GeometryAwareOptimizer):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim._base import RecipeOptimizer
 from gradkit.optim.registry import register_optimizer
@@ -18,7 +16,6 @@ __all__ = ["NovoGrad"]
     paper="Stochastic Gradient Methods with Layer-wise Adaptive Moments for Training of Deep "
     "Networks",
     arxiv="1905.11286",
-    seed="P245",
 )
 class NovoGrad(RecipeOptimizer):
     """NovoGrad (Algorithm 1 of the paper).
@@ -32,16 +29,16 @@ class NovoGrad(RecipeOptimizer):
     ``(0.95, 0.98)`` are the paper's; it has no single learning rate (1e-3 here).
 
     Ginsburg et al., "Stochastic Gradient Methods with Layer-wise Adaptive Moments for Training
-    of Deep Networks", arXiv 1905.11286 (seed P245).
+    of Deep Networks", arXiv 1905.11286.
     Recipe: ``chain(ScaleByNovoGrad, ScaleByLearningRate)``.
     """
 
-    default_hyperparameters = {
+    hyperparameters = {
         "lr": 1e-3,
         "betas": (0.95, 0.98),
         "eps": 1e-8,
         "weight_decay": 0.0,
     }
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
+    def recipe(self) -> GradientTransformation:
         return chain(ScaleByNovoGrad(), ScaleByLearningRate())

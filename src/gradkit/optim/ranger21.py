@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from gradkit.core.hyperparams import flag
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim._base import RecipeOptimizer
 from gradkit.optim.registry import register_optimizer
@@ -24,7 +23,6 @@ __all__ = ["Ranger21"]
     "ranger21",
     paper="Ranger21: a synergistic deep learning optimizer",
     arxiv="2106.13731",
-    seed="P306",
 )
 class Ranger21(RecipeOptimizer):
     """Ranger21, at step ``t`` with the scheduled rate ``lr_t``:
@@ -51,7 +49,7 @@ class Ranger21(RecipeOptimizer):
     switched off.
     """
 
-    default_hyperparameters = {
+    hyperparameters = {
         "lr": 1e-3,
         "betas": (0.9, 0.999),
         "beta0": 0.9,
@@ -62,8 +60,6 @@ class Ranger21(RecipeOptimizer):
         "amsgrad": True,
         "agc_clipping_value": 1e-2,
         "agc_eps": 1e-3,
-        "centralize_gradients": True,
-        "normalize_gradients": True,
         "gc_conv_only": False,
         "norm_loss_factor": 1e-4,
         "lookahead_merge_time": 5,
@@ -75,14 +71,15 @@ class Ranger21(RecipeOptimizer):
         "disable_lr_scheduler": False,
     }
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
-        for key in ("centralize_gradients", "normalize_gradients"):
-            if not isinstance(hp[key], bool):
-                raise ValueError(f"Invalid {key}: {hp[key]!r}; {key} must be True or False")
+    options = (flag("centralize_gradients", True), flag("normalize_gradients", True))
+
+    def recipe(
+        self, *, centralize_gradients: bool, normalize_gradients: bool
+    ) -> GradientTransformation:
         stages: list[GradientTransformation] = [AdaptiveGradientClipping()]
-        if hp["centralize_gradients"]:
+        if centralize_gradients:
             stages.append(GradientCentralization())
-        if hp["normalize_gradients"]:
+        if normalize_gradients:
             stages.append(NormalizeByStd())
         pnm = ScaleByAdaPNM()
         stages += [

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradkit.errors import UnknownNameError, canonical_name
+
 __all__ = ["OptimizerInfo", "register_optimizer", "create_optimizer", "list_optimizers", "get_info"]
 
 
@@ -27,13 +29,13 @@ class OptimizerInfo:
     cls: type[torch.optim.Optimizer] = field(repr=False)
     paper_title: str
     arxiv_id: str | None
-    seed_id: str | None
     aliases: tuple[str, ...] = ()
 
     @property
     def defaults(self) -> dict[str, Any]:
-        """Default hyperparameters (read from the class's ``default_hyperparameters``)."""
-        return dict(getattr(self.cls, "default_hyperparameters", {}))
+        """Every keyword argument of the optimizer with its default (group hyperparameters
+        and construction options, from the class's declaration)."""
+        return dict(self.cls.declared_defaults())
 
     @property
     def needs_closure(self) -> bool:
@@ -51,25 +53,20 @@ _ALIASES: dict[str, str] = {}
 _LOADED = False
 
 
-def _key(name: str) -> str:
-    return name.lower().replace("-", "_").replace(" ", "_")
-
-
 def register_optimizer(
     name: str,
     *,
     paper: str,
     arxiv: str | None = None,
-    seed: str | None = None,
     aliases: Iterable[str] = (),
 ):
     """Class decorator that adds an optimizer to the registry under ``name`` (and ``aliases``)."""
 
     def decorate(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
-        key = _key(name)
+        key = canonical_name(name)
         if key in _REGISTRY and _REGISTRY[key].cls is not cls:
             raise ValueError(f"optimizer name {name!r} is registered twice")
-        info = OptimizerInfo(key, cls, paper, arxiv, seed, tuple(_key(a) for a in aliases))
+        info = OptimizerInfo(key, cls, paper, arxiv, tuple(canonical_name(a) for a in aliases))
         _REGISTRY[key] = info
         for alias in info.aliases:
             _ALIASES[alias] = key
@@ -91,13 +88,16 @@ def _load_all() -> None:
 
 
 def get_info(name: str) -> OptimizerInfo:
-    """Registry entry for ``name`` (case-insensitive, '-' and '_' alike); KeyError lists names."""
+    """Registry entry for ``name`` (case, '-', '_' and spaces alike: :func:`canonical_name`).
+
+    Raises:
+        UnknownNameError: (a ValueError) for an unknown name; the message lists the known ones.
+    """
     _load_all()
-    key = _key(name)
+    key = canonical_name(name)
     key = _ALIASES.get(key, key)
     if key not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY))
-        raise KeyError(f"unknown optimizer {name!r}; known optimizers: {known}")
+        raise UnknownNameError("optimizer", name, _REGISTRY)
     return _REGISTRY[key]
 
 

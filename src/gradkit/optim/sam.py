@@ -42,7 +42,6 @@ def ascent_perturbation(
     "sam",
     paper="Sharpness-Aware Minimization for Efficiently Improving Generalization",
     arxiv="2010.01412",
-    seed=None,
 )
 class SAM(WrapperOptimizer):
     """Sharpness-aware minimization: step with the gradient at the worst nearby point.
@@ -60,7 +59,7 @@ class SAM(WrapperOptimizer):
     keywords go to it) keeps all state, so ``state_dict`` is the base's.
 
     Foret, Kleiner, Mobahi, Neyshabur, "Sharpness-Aware Minimization for Efficiently Improving
-    Generalization", arXiv 2010.01412; the base of GAM (seed P258). Defaults: ``rho = 0.05``
+    Generalization", arXiv 2010.01412; the base of GAM. Defaults: ``rho = 0.05``
     (the paper's most used value).
 
     Example::
@@ -79,7 +78,7 @@ class SAM(WrapperOptimizer):
     wrapper_hyperparameters = (
         interval("rho", 0.05, 0.0),
         flag("adaptive", False),
-        interval("perturb_eps", 1e-12, 0.0),
+        interval("perturb_eps", 1e-12, 0.0, low_open=True),
     )
     default_hyperparameters = {
         "base_optimizer": "sgd",

@@ -18,7 +18,6 @@ __all__ = ["SANIA"]
     paper="SANIA: Polyak-type Optimization Framework Leads to Scale Invariant Stochastic "
     "Algorithms",
     arxiv="2312.17369",
-    seed="P292",
 )
 class SANIA(RecipeOptimizer):
     """SANIA: ``w <- w - lr * tau_t * B_t^{-1} g`` with a Polyak-type ``tau_t`` from the loss.
@@ -36,12 +35,12 @@ class SANIA(RecipeOptimizer):
     whole gradient, so SANIA takes a single param group.
 
     Abdukhakimov, Xiang, Kamzolov, Gower, Takac, "SANIA: Polyak-type Optimization Framework Leads
-    to Scale Invariant Stochastic Algorithms", arXiv 2312.17369 (seed P292).
+    to Scale Invariant Stochastic Algorithms", arXiv 2312.17369.
 
     Recipe: ``chain(ScaleBySaniaPolyak, ScaleByLearningRate)``.
     """
 
-    default_hyperparameters = {
+    hyperparameters = {
         "lr": 1.0,
         "preconditioner": "adagrad_sqr",
         "betas": (0.9, 0.999),
@@ -50,7 +49,7 @@ class SANIA(RecipeOptimizer):
     }
     requires_closure = True
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
+    def recipe(self) -> GradientTransformation:
         return chain(ScaleBySaniaPolyak(), ScaleByLearningRate())
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim._base import RecipeOptimizer
 from gradkit.optim.registry import register_optimizer
@@ -17,7 +15,6 @@ __all__ = ["SGD"]
     paper="A Stochastic Approximation Method (Robbins & Monro, 1951); momentum: "
     "On the importance of initialization and momentum in deep learning",
     arxiv=None,
-    seed=None,
 )
 class SGD(RecipeOptimizer):
     """Stochastic gradient descent, matching ``torch.optim.SGD``.
@@ -28,7 +25,7 @@ class SGD(RecipeOptimizer):
     Recipe: ``chain(l2_regularization, Momentum, ScaleByLearningRate)``.
     """
 
-    default_hyperparameters = {
+    hyperparameters = {
         "lr": 1e-3,
         "momentum": 0.0,
         "dampening": 0.0,
@@ -36,7 +33,5 @@ class SGD(RecipeOptimizer):
         "weight_decay": 0.0,
     }
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
-        if hp["nesterov"] is True and (hp["momentum"] <= 0 or hp["dampening"] != 0):
-            raise ValueError("Nesterov momentum requires momentum > 0 and dampening == 0")
+    def recipe(self) -> GradientTransformation:
         return chain(l2_regularization(), Momentum(), ScaleByLearningRate())

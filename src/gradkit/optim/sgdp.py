@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim._base import RecipeOptimizer
 from gradkit.optim.registry import register_optimizer
@@ -18,7 +16,6 @@ __all__ = ["SGDP"]
     "sgdp",
     paper="AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant Weights",
     arxiv="2006.08217",
-    seed="P024",
 )
 class SGDP(RecipeOptimizer):
     """SGDP.
@@ -33,11 +30,11 @@ class SGDP(RecipeOptimizer):
     authors' code has no default learning rate), ``delta=0.1, wd_ratio=0.1`` from the paper.
 
     Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
-    Weights", ICLR 2021, arXiv 2006.08217 (seed P024).
+    Weights", ICLR 2021, arXiv 2006.08217.
     Recipe: ``chain(Momentum, ProjectRadial(momentum_key="momentum"), ScaleByLearningRate)``.
     """
 
-    default_hyperparameters = {
+    hyperparameters = {
         "lr": 0.1,
         "momentum": 0.9,
         "dampening": 0.0,
@@ -48,7 +45,5 @@ class SGDP(RecipeOptimizer):
         "wd_ratio": 0.1,
     }
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
-        if hp["nesterov"] and (hp["momentum"] <= 0 or hp["dampening"] != 0):
-            raise ValueError("Nesterov momentum requires momentum > 0 and dampening == 0")
+    def recipe(self) -> GradientTransformation:
         return chain(Momentum(), ProjectRadial(momentum_key="momentum"), ScaleByLearningRate())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim._base import RecipeOptimizer
 from gradkit.optim.registry import register_optimizer
@@ -20,7 +18,6 @@ __all__ = ["StableSPAM"]
     "stable_spam",
     paper="Stable-SPAM: How to Train in 4-Bit More Stably than 16-Bit Adam",
     arxiv="2502.17055",
-    seed="P141",
     aliases=("stablespam",),
 )
 class StableSPAM(RecipeOptimizer):
@@ -42,7 +39,7 @@ class StableSPAM(RecipeOptimizer):
     ScaleByAdamWithReset, ScaleByLearningRate)``.
     """
 
-    default_hyperparameters = {
+    hyperparameters = {
         "lr": 1e-3,
         "betas": (0.9, 0.999),
         "gamma1": 0.7,
@@ -55,7 +52,7 @@ class StableSPAM(RecipeOptimizer):
         "weight_decay": 0.0,
     }
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
+    def recipe(self) -> GradientTransformation:
         return chain(
             DecoupledWeightDecay(),
             AdaptiveSpikeClipping(),

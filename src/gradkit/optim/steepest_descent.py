@@ -7,14 +7,12 @@ with ``norm="spectral"``: ``d = U V^T`` (Muon's direction, by Newton-Schulz), ``
 ``d = m / ||m||_F`` (normalized SGD with momentum, Cutkosky & Mehta 2020), ``"linf"``:
 ``d = sign(m)`` (signSGD with momentum / Signum). Kovalev, "Understanding Gradient
 Orthogonalization for Deep Learning via Non-Euclidean Trust-Region Optimization", arXiv
-2503.12645 (seed P189); Bernstein & Newhouse, "Old Optimizer, New Norm: An Anthology", arXiv
-2409.20325 (seed P164). Applies the same norm to every parameter; for the per-role split
+2503.12645; Bernstein & Newhouse, "Old Optimizer, New Norm: An Anthology", arXiv
+2409.20325. Applies the same norm to every parameter; for the per-role split
 (matrices vs the rest) use ``muon``.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim._base import RecipeOptimizer
@@ -32,7 +30,6 @@ __all__ = ["SteepestDescent"]
     paper="Understanding Gradient Orthogonalization for Deep Learning via Non-Euclidean "
     "Trust-Region Optimization",
     arxiv="2503.12645",
-    seed="P189",
     aliases=("lmo", "non_euclidean_trust_region"),
 )
 class SteepestDescent(RecipeOptimizer):
@@ -46,7 +43,7 @@ class SteepestDescent(RecipeOptimizer):
     Recipe: ``chain(EMAMomentum, SteepestDirection, DecoupledWeightDecay, ScaleByLearningRate)``.
     """
 
-    default_hyperparameters = {
+    hyperparameters = {
         "lr": 0.01,
         "momentum": 0.9,
         "nesterov": False,
@@ -55,10 +52,7 @@ class SteepestDescent(RecipeOptimizer):
         "weight_decay": 0.0,
     }
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
-        ns = hp["ns_steps"]
-        if not isinstance(ns, int) or isinstance(ns, bool) or not 1 <= ns <= 100:
-            raise ValueError(f"Invalid ns_steps: {ns!r}; ns_steps must be an integer in [1, 100]")
+    def recipe(self) -> GradientTransformation:
         return chain(
             EMAMomentum(), SteepestDirection(), DecoupledWeightDecay(), ScaleByLearningRate()
         )

@@ -44,7 +44,6 @@ def _find(state: dict[str, Any], name: str) -> Tensor | None:
     "xgrad",
     paper="XGrad: Boosting Gradient-Based Optimizers With Weight Prediction",
     arxiv="2305.18240",
-    seed="P248",
 )
 class XGrad(WrapperOptimizer):
     """Weight prediction: the gradient of each step is taken at the predicted future weights.
@@ -61,7 +60,7 @@ class XGrad(WrapperOptimizer):
     ``w_hat = w``. One closure call per step (the closure's loss is the loss at ``w_hat``).
 
     Guan, Li, Shi, Meng, "XGrad: Boosting Gradient-Based Optimizers With Weight Prediction",
-    arXiv 2305.18240 (seed P248). Default ``prediction_steps = 1`` (the paper's setting); base
+    arXiv 2305.18240. Default ``prediction_steps = 1`` (the paper's setting); base
     optimizer SGD with ``momentum = 0.9``.
     """
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradkit.core.hyperparams import Hyperparameter
+from gradkit.core.hyperparams import Hyperparameter, integer
 
 __all__ = ["unit_norm", "positive_int"]
 
@@ -18,7 +18,7 @@ def unit_norm(x: Tensor) -> Tensor:
     For ``x.ndim >= 2`` the norm runs over every dimension but the first (the fan-in of a linear
     row or a convolution filter) and keeps dimensions so that it broadcasts against ``x``; for
     vectors and scalars it is the norm of the whole tensor (0-dim). This is the "unit-wise" norm
-    of Brock et al., arXiv 2102.06171 (seed P155).
+    of Brock et al., arXiv 2102.06171.
     """
     if x.ndim <= 1:
         return torch.linalg.vector_norm(x)
@@ -29,11 +29,4 @@ def positive_int(
     name: str, default: Any, *, low: int = 1, allow_none: bool = False
 ) -> Hyperparameter:
     """An integer ``>= low`` (``None`` too with ``allow_none=True``)."""
-
-    def check(value: Any) -> bool:
-        if value is None:
-            return allow_none
-        return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-    text = f"an integer >= {low}" + (" or None" if allow_none else "")
-    return Hyperparameter(name, default, check, text)
+    return integer(name, default, low=low, allow_none=allow_none)

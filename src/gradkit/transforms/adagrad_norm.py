@@ -19,7 +19,7 @@ class ScaleByAdaGradNorm(GradientTransformation):
         alpha = max(eps, lr * min(||g||, gamma) / v)
 
     Zhang, Liu & Schaeffer, "AdaGrad Meets Muon: Adaptive Stepsizes for Orthogonal Updates",
-    arXiv 2509.02981 (seed P254). Hyperparameters ``lr``, ``gamma`` (> 0, clips the norm),
+    arXiv 2509.02981. Hyperparameters ``lr``, ``gamma`` (> 0, clips the norm),
     ``eps`` (> 0, the step-size floor) and ``v`` (> 0, the initial accumulator ``v_0^2``).
     """
 

@@ -20,7 +20,7 @@ class ScaleByAdaMomentum(GradientTransformation):
     the paper); output ``(m / (1-b1^t)) / sqrt(v / (1-b2^t))``. Purely elementwise.
 
     Wang et al., "Rethinking Adam: A Twofold Exponential Moving Average Approach",
-    arXiv 2106.11514 (seed P268).
+    arXiv 2106.11514.
     """
 
     hyperparameters = (betas("betas", (0.9, 0.999)), interval("eps", 1e-8, 0.0, low_open=True))

@@ -47,7 +47,7 @@ class ScaleByAdEMAMix(GradientTransformation):
     ``beta3_warmup``, ``eps``. Three buffers of state.
 
     Pagliardini, Ablin & Grangier, "The AdEMAMix Optimizer: Better, Faster, Older",
-    arXiv 2409.03137 (seed P171).
+    arXiv 2409.03137.
     """
 
     hyperparameters = (
@@ -55,7 +55,7 @@ class ScaleByAdEMAMix(GradientTransformation):
         interval("alpha", 5.0, 0.0),
         positive_int("alpha_warmup", None, allow_none=True),
         positive_int("beta3_warmup", None, allow_none=True),
-        interval("eps", 1e-8, 0.0),
+        interval("eps", 1e-8, 0.0, low_open=True),
     )
 
     def init(self, params: TensorList) -> State:

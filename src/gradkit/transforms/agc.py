@@ -29,13 +29,13 @@ class AdaptiveGradientClipping(GradientTransformation):
     Per-unit reductions, so ``flat_ok`` is False; one small kernel sequence per tensor.
 
     Brock, De, Smith & Simonyan, "High-Performance Large-Scale Image Recognition Without
-    Normalization", arXiv 2102.06171 (seed P155).
+    Normalization", arXiv 2102.06171.
     """
 
     flat_ok = False
     hyperparameters = (
         interval("agc_clipping_value", 1e-2, 0.0, low_open=True, allow_none=True),
-        interval("agc_eps", 1e-3, 0.0),
+        interval("agc_eps", 1e-3, 0.0, low_open=True),
     )
 
     def update(

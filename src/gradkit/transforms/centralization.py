@@ -22,7 +22,7 @@ class GradientCentralization(GradientTransformation):
 
     Yong, Huang, Hua & Zhang, "Gradient Centralization: A New Optimization Technique for Deep
     Neural Networks", arXiv 2004.01461; one of the parts of Ranger21, arXiv 2106.13731
-    (seed P306).
+   .
     """
 
     flat_ok = False

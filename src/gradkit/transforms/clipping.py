@@ -21,7 +21,7 @@ class ClipByGlobalNorm(GradientTransformation):
 
     The same rule as ``torch.nn.utils.clip_grad_norm_``, applied per param group. ``max_norm``
     None disables it. Pascanu et al., "On the difficulty of training recurrent neural networks",
-    arXiv 1211.5063 (seed P178).
+    arXiv 1211.5063.
     """
 
     def __init__(self, default: float | None = 1.0, key: str = "max_norm") -> None:

@@ -21,10 +21,10 @@ class ScaleByDiffGrad(GradientTransformation):
     then ``g_prev <- g``. Purely elementwise.
 
     Dubey et al., "diffGrad: An Optimization Method for Convolutional Neural Networks",
-    arXiv 1909.11015 (seed P014).
+    arXiv 1909.11015.
     """
 
-    hyperparameters = (betas("betas", (0.9, 0.999)), interval("eps", 1e-8, 0.0))
+    hyperparameters = (betas("betas", (0.9, 0.999)), interval("eps", 1e-8, 0.0, low_open=True))
 
     def init(self, params: TensorList) -> State:
         return {

@@ -28,14 +28,14 @@ class AdaptiveGradNormScaling(GradientTransformation):
     False.
 
     Huang et al., "Stable-SPAM: How to Train in 4-Bit More Stably than 16-Bit Adam",
-    arXiv 2502.17055 (seed P141).
+    arXiv 2502.17055.
     """
 
     flat_ok = False
     hyperparameters = (
         interval("gamma1", 0.7, 0.0, 1.0, high_open=True),
         interval("gamma2", 0.9, 0.0, 1.0, high_open=True),
-        interval("eps", 1e-8, 0.0),
+        interval("eps", 1e-8, 0.0, low_open=True),
         positive_int("t_max", None, allow_none=True),
         interval("eta_min", 0.5, 0.0, 1.0),
     )

@@ -25,7 +25,7 @@ class ScaleByGravity(GradientTransformation):
     initialisation. Per-tensor maximum, so ``flat_ok`` is False.
 
     Bahrami & Zadeh, "Gravity Optimizer: a Kinematic Approach on Optimization in Deep
-    Learning", arXiv 2101.09192 (seed P213).
+    Learning", arXiv 2101.09192.
     """
 
     flat_ok = False

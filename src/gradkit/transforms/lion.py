@@ -30,7 +30,7 @@ class ScaleByLion(GradientTransformation):
 
     Chen et al., "Symbolic Discovery of Optimization Algorithms", arXiv 2302.06675 (Lion);
     Chen, Liu, Liang & Liu, "Lion Secretly Solves Constrained Optimization: As Lyapunov
-    Predicts", arXiv 2310.05898 (Lion-kappa, seed P049).
+    Predicts", arXiv 2310.05898 (Lion-kappa, ).
     """
 
     hyperparameters = (betas("betas", (0.9, 0.99)),)

@@ -12,8 +12,8 @@ linear minimization oracle over the ball). Per tensor (layer):
 
 Its value ``<g, d>`` is the dual norm of ``g``: nuclear, Frobenius and l1 respectively
 (:func:`dual_norm`). Bernstein & Newhouse, "Old Optimizer, New Norm: An Anthology", arXiv
-2409.20325 (seed P164); Kovalev, "Understanding Gradient Orthogonalization for Deep Learning via
-Non-Euclidean Trust-Region Optimization", arXiv 2503.12645 (seed P189).
+2409.20325; Kovalev, "Understanding Gradient Orthogonalization for Deep Learning via
+Non-Euclidean Trust-Region Optimization", arXiv 2503.12645.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gradkit.core.hyperparams import choice
+from gradkit.core.hyperparams import choice, integer
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
 from gradkit.transforms.orthogonalize import QUINTIC, orthogonalize
 
@@ -77,7 +77,10 @@ class SteepestDirection(GradientTransformation):
     """
 
     flat_ok = False
-    hyperparameters = (choice("norm", "spectral", NORMS),)
+    hyperparameters = (
+        choice("norm", "spectral", NORMS),
+        integer("ns_steps", 5, low=1, high=100),
+    )
 
     def __init__(self, coefficients: Sequence[float] = QUINTIC, dtype: torch.dtype | None = None):
         self.coefficients = tuple(coefficients)
@@ -89,7 +92,7 @@ class SteepestDirection(GradientTransformation):
         out = steepest_direction(
             updates,
             ctx.group["norm"],
-            ns_steps=int(ctx.group.get("ns_steps", 5)),
+            ns_steps=ctx.group["ns_steps"],
             coefficients=self.coefficients,
             dtype=self.dtype,
         )

@@ -24,7 +24,7 @@ class Lookahead(GradientTransformation):
     construction (default ``lookahead_k`` = 5 and ``lookahead_alpha`` = 0.5).
 
     Zhang, Lucas, Hinton & Ba, "Lookahead Optimizer: k steps forward, 1 step back",
-    arXiv 1907.08610; a part of Ranger21, arXiv 2106.13731 (seed P306).
+    arXiv 1907.08610; a part of Ranger21, arXiv 2106.13731.
     """
 
     def __init__(

@@ -32,7 +32,7 @@ class LinearWarmupWarmdown:
     ``disable_lr_scheduler=True`` keeps ``lr`` constant.
 
     Wright & Demeure, "Ranger21: a synergistic deep learning optimizer", arXiv 2106.13731
-    (seed P306).
+   .
     """
 
     hyperparameters = (

@@ -28,13 +28,13 @@ class MadgradStep(GradientTransformation):
     ``lr`` itself. Elementwise.
 
     Defazio & Jelassi, "Adaptivity without Compromise: A Momentumized, Adaptive, Dual Averaged
-    Gradient Method for Stochastic Optimization", arXiv 2101.11075 (seed P300).
+    Gradient Method for Stochastic Optimization", arXiv 2101.11075.
     """
 
     hyperparameters = (
         interval("lr", 1e-2, 0.0),
         interval("momentum", 0.9, 0.0, 1.0, high_open=True),
-        interval("eps", 1e-6, 0.0),
+        interval("eps", 1e-6, 0.0, low_open=True),
     )
 
     def init(self, params: TensorList) -> State:

@@ -21,7 +21,7 @@ class MarsCorrection(GradientTransformation):
     One buffer of state (the previous gradient). Per-tensor norm, so ``flat_ok`` is False.
 
     Yuan, Liu, Wu, Zhou & Gu, "MARS: Unleashing the Power of Variance Reduction for Training
-    Large Models", arXiv 2411.10438 (seed P290).
+    Large Models", arXiv 2411.10438.
     """
 
     flat_ok = False

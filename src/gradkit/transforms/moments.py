@@ -73,6 +73,12 @@ class Momentum(GradientTransformation):
         flag("nesterov", False),
     )
 
+    def check_group(self, group) -> None:  # noqa: ANN001
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(
+                "Invalid nesterov: True; Nesterov momentum requires momentum > 0 and dampening == 0"
+            )
+
     def init(self, params: TensorList) -> State:
         # Zero-size placeholders: a buffer is only allocated when momentum is used.
         return {"momentum_buffer": [torch.empty(0, dtype=p.dtype, device=p.device) for p in params]}
@@ -83,8 +89,6 @@ class Momentum(GradientTransformation):
         mu = ctx.group["momentum"]
         if mu == 0:
             return updates
-        if ctx.group["nesterov"] and ctx.group["dampening"] != 0:
-            raise ValueError("Nesterov momentum requires dampening == 0")
         bufs = state["momentum_buffer"]
         fresh = [i for i, b in enumerate(bufs) if b.numel() == 0 and updates[i].numel() > 0]
         for i in fresh:  # first use: b <- u (allocation, not the hot path)
@@ -108,14 +112,14 @@ class ScaleByAdam(GradientTransformation):
     ``m <- b1 m + (1 - b1) u``, ``v <- b2 v + (1 - b2) u^2``, output
     ``(m / (1 - b1^t)) / (sqrt(v) / sqrt(1 - b2^t) + eps)``. With ``amsgrad=True`` the
     denominator uses ``v_max <- max(v_max, v)`` (group hyperparameter ``amsgrad``) (Reddi et al., "On the Convergence of Adam and
-    Beyond", ICLR 2018, seed P212).
+    Beyond", ICLR 2018, ).
 
     Kingma & Ba, "Adam: A Method for Stochastic Optimization", arXiv 1412.6980.
     """
 
     hyperparameters = (
         betas("betas", (0.9, 0.999)),
-        interval("eps", 1e-8, 0.0),
+        interval("eps", 1e-8, 0.0, low_open=True),
         flag("amsgrad", False),
     )
 

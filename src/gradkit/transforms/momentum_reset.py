@@ -36,12 +36,12 @@ class ScaleByAdamWithReset(GradientTransformation):
     ``t_max`` and ``eta_min``.
 
     Huang et al., "SPAM: Spike-Aware Adam with Momentum Reset", arXiv 2501.06842, and
-    "Stable-SPAM", arXiv 2502.17055 (seed P141).
+    "Stable-SPAM", arXiv 2502.17055.
     """
 
     hyperparameters = (
         betas("betas", (0.9, 0.999)),
-        interval("eps", 1e-8, 0.0),
+        interval("eps", 1e-8, 0.0, low_open=True),
         positive_int("reset_interval", 1000, allow_none=True),
         positive_int("t_max", None, allow_none=True),
         interval("eta_min", 0.5, 0.0, 1.0),

@@ -18,7 +18,7 @@ class ScaleByAdamNesterov(ScaleByAdam):
 
     ``nesterov=False``: ``(m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)``, exactly ScaleByAdam.
     ``nesterov=True``: numerator ``b1 m + (1-b1) g`` instead of ``m`` (after the moment
-    updates), as in the AdamP authors' code (Heo et al., arXiv 2006.08217, seed P024).
+    updates), as in the AdamP authors' code (Heo et al., arXiv 2006.08217, ).
     Elementwise.
     """
 

@@ -29,7 +29,7 @@ class NoiseAdaptiveDirection(GradientTransformation):
     (noise EMA, [0, 1)), ``noise_delta`` (> 0), ``norm``, ``ns_steps``.
 
     Hao, Gong, Xu, Wang & Liu, "Noise-Adaptive Layerwise Learning Rates: Accelerating
-    Geometry-Aware Optimization for Deep Neural Network Training", arXiv 2510.14009 (seed P019).
+    Geometry-Aware Optimization for Deep Neural Network Training", arXiv 2510.14009.
     """
 
     flat_ok = False

@@ -23,14 +23,14 @@ class NormLoss(GradientTransformation):
     and ``eps``. Per-unit reductions, so ``flat_ok`` is False.
 
     Georgiou, Schmitt, Bäck & Rosenhahn, "Norm Loss: An efficient yet effective regularization
-    method for deep neural networks", arXiv 2103.06583 (seed P235); a part of Ranger21, arXiv
-    2106.13731 (seed P306).
+    method for deep neural networks", arXiv 2103.06583; a part of Ranger21, arXiv
+    2106.13731.
     """
 
     flat_ok = False
     hyperparameters = (
         interval("norm_loss_factor", 1e-4, 0.0),
-        interval("eps", 1e-8, 0.0),
+        interval("eps", 1e-8, 0.0, low_open=True),
     )
 
     def update(

@@ -20,13 +20,13 @@ class ScaleByNovoGrad(GradientTransformation):
     paper. Per-tensor reduction (``flat_ok = False``).
 
     Ginsburg et al., "Stochastic Gradient Methods with Layer-wise Adaptive Moments for Training
-    of Deep Networks", arXiv 1905.11286 (seed P245).
+    of Deep Networks", arXiv 1905.11286.
     """
 
     flat_ok = False
     hyperparameters = (
         betas("betas", (0.95, 0.98)),
-        interval("eps", 1e-8, 0.0),
+        interval("eps", 1e-8, 0.0, low_open=True),
         interval("weight_decay", 0.0, 0.0),
     )
 

@@ -19,7 +19,7 @@ class ScaleByOptimisticGradient(GradientTransformation):
     One buffer per parameter (the previous gradient), allocated on first use.
 
     Hsieh, Iutzeler, Malick, Mertikopoulos, "On the convergence of single-call stochastic
-    extra-gradient methods", arXiv 1908.08465 (seed P263).
+    extra-gradient methods", arXiv 1908.08465.
     """
 
     hyperparameters = (interval("og_alpha", 1.0, 0.0), interval("og_beta", 1.0, 0.0))

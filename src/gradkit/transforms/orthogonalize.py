@@ -2,8 +2,8 @@
 
 For a matrix ``G = U S V^T`` the polar factor is ``U V^T``: the steepest-descent direction under
 the spectral norm (Bernstein & Newhouse, "Old Optimizer, New Norm: An Anthology", arXiv 2409.20325,
-seed P164; Kovalev, "Understanding Gradient Orthogonalization for Deep Learning via Non-Euclidean
-Trust-Region Optimization", arXiv 2503.12645, seed P189). The iteration
+; Kovalev, "Understanding Gradient Orthogonalization for Deep Learning via Non-Euclidean
+Trust-Region Optimization", arXiv 2503.12645, ). The iteration
 
     X_0 = G / ||G||_F,    X_{k+1} = a X_k + (b A_k + c A_k^2) X_k,    A_k = X_k X_k^T
 
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gradkit.core.hyperparams import Hyperparameter, choice
+from gradkit.core.hyperparams import choice, integer
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
 
 __all__ = [
@@ -46,12 +46,7 @@ QUINTIC: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
 CUBIC: tuple[float, float, float] = (1.5, -0.5, 0.0)
 
 # The hyperparameters of the orthogonalizing transforms (here and MuonUpdate's fused version).
-_NS_STEPS = Hyperparameter(
-    "ns_steps",
-    5,
-    lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 100,
-    "an integer in [1, 100]",
-)
+_NS_STEPS = integer("ns_steps", 5, low=1, high=100)
 _SHAPE_SCALE = choice("scale", "spectral", ("spectral", "rms", "none"))
 
 _COMPILED: dict[tuple, object] = {}

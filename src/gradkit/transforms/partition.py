@@ -9,7 +9,14 @@ from __future__ import annotations
 import torch
 
 from gradkit.core.hyperparams import Hyperparameter, flag
-from gradkit.core.transform import Chain, GradientTransformation, State, StepContext, TensorList
+from gradkit.core.transform import (
+    Chain,
+    GradientTransformation,
+    State,
+    StepContext,
+    TensorList,
+    resolve_state_names,
+)
 
 __all__ = ["PartitionByFlag"]
 
@@ -17,9 +24,10 @@ __all__ = ["PartitionByFlag"]
 class PartitionByFlag(GradientTransformation):
     """``when_true`` for groups whose ``key`` is True, ``when_false`` for the others.
 
-    State of both branches is declared for every parameter (keys ``"T.<...>"`` and
-    ``"F.<...>"``) as zero-size placeholders; the branch a parameter uses allocates its real
-    state on the parameter's first step, so no memory is spent on the other branch.
+    State of both branches is declared for every parameter, under each branch's own names
+    (qualified by ``key`` / ``not_<key>`` only where both branches use a name), as zero-size
+    placeholders; the branch a parameter uses allocates its real state on the parameter's first
+    step, so no memory is spent on the other branch.
     """
 
     flat_ok = False
@@ -34,6 +42,30 @@ class PartitionByFlag(GradientTransformation):
         self.key = key
         self.branches = {"T": Chain(when_true), "F": Chain(when_false)}
         self._flag = flag(key, default)
+        names = resolve_state_names(
+            [
+                (key, self.branches["T"].state_names()),
+                (f"not_{key}", self.branches["F"].state_names()),
+            ]
+        )
+        self._names = {"T": names[0], "F": names[1]}
+
+    @property
+    def complex_ok(self) -> bool:  # type: ignore[override]
+        return all(b.complex_ok for b in self.branches.values())
+
+    def check_group(self, group) -> None:  # noqa: ANN001
+        self.branches["T" if group.get(self.key, self._flag.default) else "F"].check_group(group)
+
+    def state_names(self) -> tuple[str, ...]:
+        return tuple(n for tag in "TF" for n in self._names[tag].values())
+
+    def legacy_state_names(self) -> dict[str, str]:
+        return {
+            f"{tag}.{old}": self._names[tag][new]
+            for tag, branch in self.branches.items()
+            for old, new in branch.legacy_state_names().items()
+        }
 
     @property
     def needs_closure(self) -> bool:  # type: ignore[override]
@@ -56,7 +88,7 @@ class PartitionByFlag(GradientTransformation):
             real = branch.init([p for p, z in zip(params, lazy) if not z]) if not all(lazy) else {}
             for k, values in placeholders.items():
                 it = iter(real.get(k, []))
-                state[f"{tag}.{k}"] = [
+                state[self._names[tag][k]] = [
                     torch.empty(0, dtype=v.dtype, device=p.device) if z else next(it)
                     for v, p, z in zip(values, params, lazy)
                 ]
@@ -67,8 +99,7 @@ class PartitionByFlag(GradientTransformation):
     ) -> TensorList:
         tag = "T" if ctx.group[self.key] else "F"
         branch = self.branches[tag]
-        prefix = f"{tag}."
-        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        sub = {local: state[name] for local, name in self._names[tag].items()}
         fresh = [
             i
             for i, s in enumerate(ctx.steps)

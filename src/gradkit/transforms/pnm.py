@@ -36,13 +36,13 @@ class ScaleByAdaPNM(GradientTransformation):
 
     Xie, Yuan, Zhou, Sato & Sugiyama, "Positive-Negative Momentum: Manipulating Stochastic
     Gradient Noise to Improve Generalization", arXiv 2103.17182; used by Wright & Demeure,
-    "Ranger21", arXiv 2106.13731 (seed P306).
+    "Ranger21", arXiv 2106.13731.
     """
 
     hyperparameters = (
         betas("betas", (0.9, 0.999)),
         interval("beta0", 1.0, 0.0),
-        interval("eps", 1e-8, 0.0),
+        interval("eps", 1e-8, 0.0, low_open=True),
         flag("amsgrad", True),
         flag("use_softplus", False),
         interval("beta_softplus", 50.0, 0.0, low_open=True),

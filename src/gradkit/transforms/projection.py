@@ -31,14 +31,14 @@ class ProjectRadial(GradientTransformation):
     Per-tensor reductions (``flat_ok = False``); no host synchronization.
 
     Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
-    Weights", arXiv 2006.08217 (seed P024).
+    Weights", arXiv 2006.08217.
     """
 
     flat_ok = False
     hyperparameters = (
         interval("delta", 0.1, 0.0, low_open=True),
         interval("wd_ratio", 0.1, 0.0, 1.0),
-        interval("eps", 1e-8, 0.0),
+        interval("eps", 1e-8, 0.0, low_open=True),
         interval("weight_decay", 0.0, 0.0),
     )
 

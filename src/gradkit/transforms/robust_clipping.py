@@ -37,7 +37,7 @@ class MedianTracking(GradientTransformation):
     ``median_tau`` (tau > 0). One buffer of state. ``flat_ok`` is False only for ``"tensor"``.
 
     Schaipp, Garrigos, Simsekli & Gower, "SGD with Clipping is Secretly Estimating the Median
-    Gradient", arXiv 2402.12828 (seed P252).
+    Gradient", arXiv 2402.12828.
     """
 
     hyperparameters = (interval("median_tau", 1.0, 0.0, low_open=True),)

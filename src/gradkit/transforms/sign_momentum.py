@@ -13,7 +13,7 @@ __all__ = ["SignOfMomentum"]
 class SignOfMomentum(GradientTransformation):
     """``m <- b1 m + (1 - b1) u`` (``m_0 = 0``), output ``sign(m)``; ``b1 = betas[0]``.
 
-    The update of MARS-Lion (Yuan et al., arXiv 2411.10438, seed P290); unlike Lion it uses one
+    The update of MARS-Lion (Yuan et al., arXiv 2411.10438, ); unlike Lion it uses one
     decay for the momentum and the direction. One buffer of state.
     """
 

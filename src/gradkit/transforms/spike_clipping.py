@@ -23,7 +23,7 @@ class AdaptiveSpikeClipping(GradientTransformation):
     Hyperparameter ``theta`` in [0, 1). Per-tensor reduction, so ``flat_ok`` is False.
 
     Huang, Hu, Jaiswal, Wang, Yin, Liu, Yan & Liu, "Stable-SPAM: How to Train in 4-Bit More
-    Stably than 16-Bit Adam", arXiv 2502.17055 (seed P141).
+    Stably than 16-Bit Adam", arXiv 2502.17055.
     """
 
     flat_ok = False

@@ -26,7 +26,7 @@ class StableWeightDecay(GradientTransformation):
     effective decay comparable to the adaptive step size. Updates pass through unchanged.
 
     Xie, Sato & Sugiyama, "Understanding and Scheduling Weight Decay" (stable weight decay),
-    arXiv 2011.11152; used by Ranger21, arXiv 2106.13731 (seed P306).
+    arXiv 2011.11152; used by Ranger21, arXiv 2106.13731.
     """
 
     def __init__(self, source: SecondMomentSource, key: str = "weight_decay") -> None:

@@ -18,7 +18,7 @@ class NormalizeByStd(GradientTransformation):
     gradient centralization. Per-tensor reduction, so ``flat_ok`` is False.
 
     Wright & Demeure, "Ranger21: a synergistic deep learning optimizer", arXiv 2106.13731
-    (seed P306).
+   .
     """
 
     flat_ok = False
