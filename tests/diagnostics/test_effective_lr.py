@@ -14,6 +14,7 @@ from gradkit.diagnostics.effective_lr import (
     find_scale_invariant,
     optimizer_kind,
 )
+from gradkit.errors import UnknownNameError
 
 
 def _bn_net(seed: int = 0) -> nn.Sequential:
@@ -96,7 +97,9 @@ def test_errors():
         effective_lr(0.1, torch.ones(2), "lion")
     with pytest.raises(ValueError, match="zero norm"):
         effective_lr(0.1, torch.zeros(2))
-    with pytest.raises(ValueError, match="not a parameter"):
+    with pytest.raises(
+        UnknownNameError, match="^unknown parameter 'nope'; known parameters: 0.bias"
+    ):
         effective_learning_rates(model, opt, ["nope"])
     with pytest.raises(ValueError, match="not optimized"):
         effective_learning_rates(model, opt, ["0.weight"])

@@ -103,11 +103,13 @@ def test_errors(tmp_path):
     with pytest.raises(ValueError, match="operator"):
         SharpnessTracker(model, nn.functional.mse_loss, (x, y), operator="fisher2")
     tracker = SharpnessTracker(model, nn.functional.mse_loss, (x, y))
-    with pytest.raises(ValueError, match="lr must be > 0"):
+    with pytest.raises(ValueError, match=r"^Invalid lr: -1.0; lr must be a finite number > 0$"):
         tracker.update(0, lr=-1.0)
     with pytest.raises(ValueError, match="history is empty"):
         plot_sharpness([], tmp_path / "x.png")
-    with pytest.raises(ValueError, match="k=31 is larger"):
+    with pytest.raises(
+        ValueError, match=r"^Invalid k: 31; k must be <= the number of parameters \(30\)$"
+    ):
         sharpness(model, nn.functional.mse_loss, (x, y), k=31)
     bad = SharpnessTracker(model, lambda o, t: (o - t) ** 2, (x, y))
     with pytest.raises(ValueError, match="scalar"):

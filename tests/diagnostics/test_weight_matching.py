@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradkit.bench.tasks_mnist1d import mnist1d_mlp
+from gradkit.bench.tasks.builtin.mnist1d import mnist1d_mlp
 from gradkit.diagnostics.connectivity import linear_interpolation
 from gradkit.diagnostics.weight_matching import (
     PermutationSpec,

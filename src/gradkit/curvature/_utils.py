@@ -1,13 +1,22 @@
 """Small helpers shared by the curvature modules: data batching, flat/list conversions and
-argument checks."""
+argument checks.
+
+The argument checks raise the ValueError of :func:`gradkit.errors.invalid_value`, whose message
+names the argument, its value and the allowed range: ``Invalid k: 0; k must be a positive
+integer``. The diagnostics use them too.
+"""
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 import torch
 from torch import Tensor, nn
+
+from gradkit.errors import invalid_value
 
 Batch = tuple[Tensor, Tensor]
 
@@ -116,19 +125,39 @@ def check_scalar_loss(loss: object) -> Tensor:
     return loss
 
 
-def check_positive_int(name: str, value: object) -> None:
-    """Raise unless ``value`` is an integer >= 1."""
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
+def is_int(value: object) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> bool:
+    """A real number (Python or numpy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_positive_int(name: str, value: object, allow_none: bool = False) -> None:
+    """Raise :func:`~gradkit.errors.invalid_value` unless ``value`` is an integer >= 1."""
+    if allow_none and value is None:
+        return
+    if not is_int(value) or value < 1:  # type: ignore[operator]
+        raise invalid_value(name, value, "a positive integer" + (" or None" if allow_none else ""))
 
 
 def check_int_at_least(name: str, value: object, minimum: int) -> None:
-    """Raise unless ``value`` is an integer >= ``minimum``."""
-    if not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    """Raise :func:`~gradkit.errors.invalid_value` unless ``value`` is an integer >= ``minimum``."""
+    if not is_int(value) or value < minimum:  # type: ignore[operator]
+        raise invalid_value(name, value, f"an integer >= {minimum}")
 
 
-def check_positive_or_none(name: str, value: float | None) -> None:
-    """Raise unless ``value`` is None or > 0."""
-    if value is not None and not value > 0:
-        raise ValueError(f"{name} must be > 0 or None, got {value}")
+def check_positive(name: str, value: object, allow_none: bool = False) -> None:
+    """Raise :func:`~gradkit.errors.invalid_value` unless ``value`` is a finite number > 0."""
+    if allow_none and value is None:
+        return
+    if not is_real(value) or not (math.isfinite(value) and value > 0):  # type: ignore[arg-type]
+        raise invalid_value(name, value, "a finite number > 0" + (" or None" if allow_none else ""))
+
+
+def check_nonnegative(name: str, value: object) -> None:
+    """Raise :func:`~gradkit.errors.invalid_value` unless ``value`` is a finite number >= 0."""
+    if not is_real(value) or not (math.isfinite(value) and value >= 0):  # type: ignore[arg-type]
+        raise invalid_value(name, value, "a finite number >= 0")

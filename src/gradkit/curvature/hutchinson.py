@@ -23,11 +23,15 @@ from torch import Tensor
 from gradkit.curvature._utils import (
     FlatMatvec,
     check_int_at_least,
+    check_positive,
     check_positive_int,
-    check_positive_or_none,
+    is_int,
     unflatten,
 )
 from gradkit.curvature.operators import CurvatureOperator
+from gradkit.errors import invalid_value
+
+_METHODS = ("hutchinson", "hutch++")
 
 
 @dataclass
@@ -61,7 +65,7 @@ def _stderr(samples: Tensor) -> float:
 
 def _check(num_samples: int, tol: float | None, min_samples: int) -> None:
     check_positive_int("num_samples", num_samples)
-    check_positive_or_none("tol", tol)
+    check_positive("tol", tol, allow_none=True)
     check_int_at_least("min_samples", min_samples, 2)
 
 
@@ -87,8 +91,22 @@ def hutchinson_trace(
             ``2 s`` products.
     """
     _check(num_samples, tol, min_samples)
-    if method not in ("hutchinson", "hutch++"):
-        raise ValueError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
+    if method not in _METHODS:
+        raise invalid_value("method", method, f"one of {_METHODS}")
+    width = 0  # hutch++ sketch width
+    if method == "hutch++":
+        if sketch_size is None:
+            if num_samples < 3:
+                raise invalid_value("num_samples", num_samples, "an integer >= 3 for hutch++")
+            width = num_samples // 3
+        elif not is_int(sketch_size) or not 1 <= sketch_size < num_samples / 2:
+            raise invalid_value(
+                "sketch_size",
+                sketch_size,
+                f"an integer in [1, {num_samples / 2:g}) for hutch++ with num_samples={num_samples}",
+            )
+        else:
+            width = int(sketch_size)
     params = op.params
     n = op.dim
     dtype, device = params[0].dtype, params[0].device
@@ -97,13 +115,7 @@ def hutchinson_trace(
     exact = 0.0
     q: Tensor | None = None
     if method == "hutch++":
-        s = num_samples // 3 if sketch_size is None else sketch_size
-        if s < 1 or 2 * s >= num_samples:
-            raise ValueError(
-                f"hutch++ needs 1 <= sketch_size < num_samples / 2, got sketch_size={s} "
-                f"with num_samples={num_samples}"
-            )
-        s = min(s, n)
+        s = min(width, n)
         sketch = torch.stack([matvec(_rademacher(n, gen, dtype, device)) for _ in range(s)], 1)
         q, _ = torch.linalg.qr(sketch)  # [n, s]
         exact = sum(float(q[:, i] @ matvec(q[:, i].contiguous())) for i in range(s))

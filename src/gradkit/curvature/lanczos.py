@@ -28,12 +28,13 @@ from torch import Tensor
 
 from gradkit.curvature._utils import (
     FlatMatvec,
-    check_int_at_least,
+    check_positive,
     check_positive_int,
     flatten,
     unflatten,
 )
 from gradkit.curvature.operators import CurvatureOperator
+from gradkit.errors import invalid_value
 
 
 @dataclass
@@ -185,11 +186,10 @@ def top_eigenpairs(
         unit-norm vectors, each a list of tensors shaped like ``op.params``.
     """
     n = op.dim
-    check_int_at_least("k", k, 1)
+    check_positive_int("k", k)
     if k > n:
-        raise ValueError(f"k={k} is larger than the number of parameters ({n})")
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol}")
+        raise invalid_value("k", k, f"<= the number of parameters ({n})")
+    check_positive("tol", tol)
     check_positive_int("max_iter", max_iter)
     max_iter = min(max(max_iter, k), n)
     params = op.params
@@ -197,7 +197,7 @@ def top_eigenpairs(
     gen = torch.Generator().manual_seed(seed)
     if isinstance(init, str):
         if init != "gradient":
-            raise ValueError(f"init must be None, 'gradient' or a list of tensors, got {init!r}")
+            raise invalid_value("init", init, "None, 'gradient' or a list of tensors")
         # the gradient lies mostly in the top eigenspace (Gur-Ari et al., arXiv 1812.04754);
         # an equal share of a random unit vector keeps every direction in the Krylov space
         g = flatten(op.gradient()).to(dtype=dtype, device=device)
@@ -208,7 +208,9 @@ def top_eigenpairs(
     elif init is not None:
         v0 = flatten([t.detach().to(dtype=dtype, device=device) for t in init])
         if v0.numel() != n:
-            raise ValueError("init must be shaped like op.params")
+            raise ValueError(
+                f"init must be shaped like op.params: it has {v0.numel()} entries, op.params {n}"
+            )
         if float(v0.norm()) == 0.0:
             v0 = _random_unit(n, gen, dtype, device)
     else:
@@ -267,6 +269,9 @@ def lanczos_tridiagonal(
 
     ``betas`` has one entry fewer than ``alphas``. Used by stochastic Lanczos quadrature.
     """
+    check_positive_int("num_steps", num_steps)
+    if not (v0.norm() > 0 and torch.isfinite(v0).all()):
+        raise ValueError("v0 must be a finite, nonzero start vector")
     n = v0.numel()
     num_steps = min(num_steps, n)
     gen = torch.Generator().manual_seed(seed)

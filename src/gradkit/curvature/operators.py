@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 
 from gradkit.curvature._utils import (
+    check_positive_int,
     check_scalar_loss,
     flatten,
     is_single_batch,
@@ -40,8 +41,10 @@ from gradkit.curvature._utils import (
     unflatten,
 )
 from gradkit.curvature.per_example import named_params, per_example_gradient_matrix
+from gradkit.errors import invalid_value
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+_HVP_METHODS = ("autograd", "func")
 
 
 def _zeros_for_none(grads: Sequence[Tensor | None], like: Sequence[Tensor]) -> list[Tensor]:
@@ -96,8 +99,7 @@ class CurvatureOperator:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable as loss_fn(outputs, targets) -> scalar")
-        if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
-            raise ValueError(f"max_samples must be a positive integer or None, got {max_samples}")
+        check_positive_int("max_samples", max_samples, allow_none=True)
         if data is None:
             raise ValueError("data is empty: pass an (inputs, targets) batch or a DataLoader")
         if is_single_batch(data) and data[0].shape[0] == 0:
@@ -227,8 +229,8 @@ class HessianOperator(CurvatureOperator):
         cache_graph: bool | None = None,
         hvp_method: str = "autograd",
     ) -> None:
-        if hvp_method not in ("autograd", "func"):
-            raise ValueError(f"hvp_method must be 'autograd' or 'func', got {hvp_method!r}")
+        if hvp_method not in _HVP_METHODS:
+            raise invalid_value("hvp_method", hvp_method, f"one of {_HVP_METHODS}")
         if hvp_method == "func":
             cache_graph = False
         super().__init__(model, loss_fn, data, params, max_samples, cache_graph)

@@ -22,8 +22,8 @@ from torch import Tensor
 from gradkit.curvature._utils import (
     FlatMatvec,
     check_int_at_least,
+    check_positive,
     check_positive_int,
-    check_positive_or_none,
 )
 from gradkit.curvature.hutchinson import _rademacher
 from gradkit.curvature.lanczos import lanczos_tridiagonal
@@ -49,9 +49,8 @@ class SpectralDensity:
 
     def evaluate(self, t: Tensor, sigma: float | None = None) -> Tensor:
         """The smoothed density at points ``t`` (Gaussian kernel of width ``sigma``)."""
+        check_positive("sigma", sigma, allow_none=True)
         sig = self.sigma if sigma is None else sigma
-        if not sig > 0:
-            raise ValueError(f"sigma must be > 0, got {sig}")
         t = t.to(torch.float64)
         z = (t[:, None] - self.nodes[None, :]) / sig
         return (self.weights[None, :] * torch.exp(-0.5 * z**2)).sum(1) / (
@@ -89,7 +88,7 @@ def spectral_density(
     """
     check_positive_int("num_steps", num_steps)
     check_positive_int("num_probes", num_probes)
-    check_positive_or_none("sigma", sigma)
+    check_positive("sigma", sigma, allow_none=True)
     check_int_at_least("num_points", num_points, 2)
     params = op.params
     n = op.dim

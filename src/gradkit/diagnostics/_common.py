@@ -15,8 +15,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+
+from gradkit.curvature._utils import check_scalar_loss
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Batch = tuple[Tensor, Tensor]
@@ -33,7 +36,7 @@ def resolve_params(model: nn.Module, params: Sequence[Tensor] | None) -> list[Te
             if id(p) not in own:
                 raise ValueError("params must be parameters of the model")
     if not out:
-        raise ValueError("the model has no trainable parameters to analyse")
+        raise ValueError("the model has no parameters with requires_grad=True to analyse")
     return out
 
 
@@ -95,18 +98,14 @@ def _evaluate(
     for inputs, targets in iter_batches(data):
         inputs, targets = inputs.to(device), targets.to(device)
         out = model(inputs)
-        loss = loss_fn(out, targets)
-        if loss.dim() != 0:
-            raise ValueError(
-                f"loss_fn must return a scalar (mean over the batch), got shape {tuple(loss.shape)}"
-            )
+        loss = check_scalar_loss(loss_fn(out, targets))
         n = int(inputs.shape[0])
         total += float(loss) * n
         if metric_fn is not None:
             total_metric += float(metric_fn(out, targets)) * n
         count += n
     if count == 0:
-        raise ValueError("data is empty")
+        raise ValueError("data is empty: no examples were found")
     return total / count, (total_metric / count if metric_fn is not None else None)
 
 
@@ -141,6 +140,16 @@ def check_like(vectors: Sequence[Tensor], params: Sequence[Tensor], name: str) -
                 f"{name}[{i}] has shape {tuple(v.shape)}, parameter has shape {tuple(p.shape)}"
             )
     return [v.to(device=p.device, dtype=p.dtype) for v, p in zip(vectors, params)]
+
+
+def as_grid(values: Sequence[float] | np.ndarray | Tensor, name: str) -> np.ndarray:
+    """``values`` as a finite, non-empty 1-D float64 array (a grid of step sizes)."""
+    arr = np.asarray(values.cpu() if isinstance(values, Tensor) else values, dtype=np.float64)
+    if arr.ndim != 1 or arr.size < 1:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence of numbers")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite")
+    return arr
 
 
 def dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:

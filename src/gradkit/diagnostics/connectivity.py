@@ -8,8 +8,8 @@ For two solutions ``theta_A`` and ``theta_B`` of the same architecture::
 The barrier is the height of the loss above the straight line joining the end-point losses
 (the definition of Entezari et al., arXiv:2110.06296, and of Git Re-Basin, arXiv:2209.04836);
 the two models are *linearly mode connected* when it is about zero. Layer-wise connectivity
-(Landscaping Linear Mode Connectivity, seed P007; also P281, P283) interpolates one layer at a
-time, keeping every other tensor at ``theta_A``.
+(as in "Landscaping Linear Mode Connectivity") interpolates one layer at a time, keeping every
+other tensor at ``theta_A``.
 
 Floating-point buffers (BatchNorm running statistics) are interpolated like parameters;
 integer buffers (``num_batches_tracked``) are taken from model A. Interpolated BatchNorm
@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gradkit.curvature._utils import check_positive_int
 from gradkit.diagnostics._common import Batch, LossFn, device_of, evaluate, iter_batches
+from gradkit.errors import UnknownNameError
 
 #: Default interpolation points: 11 in [0, 1].
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.linspace(0.0, 1.0, 11))
@@ -94,6 +96,7 @@ def interpolate_state_dict(
 @torch.no_grad()
 def renormalize(model: nn.Module, data: Batch | Iterable[Batch], max_batches: int = 10) -> None:
     """Re-estimate BatchNorm running statistics of ``model`` on ``data`` (no-op without BN)."""
+    check_positive_int("max_batches", max_batches)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
@@ -131,14 +134,16 @@ def linear_interpolation(
     grid = np.asarray(alphas, dtype=np.float64)
     if grid.ndim != 1 or grid.size < 2:
         raise ValueError("alphas must be a 1-D sequence of at least 2 numbers")
+    if not np.all(np.isfinite(grid)):
+        raise ValueError("alphas must be finite")
     sd_a = {k: v.detach() for k, v in model_a.state_dict().items()}
     sd_b = {k: v.detach() for k, v in model_b.state_dict().items()}
     _check_compatible(sd_a, sd_b)
     if keys is not None:
         keys = list(keys)
-        unknown = [k for k in keys if k not in sd_a]
-        if unknown:
-            raise ValueError(f"unknown state_dict keys: {unknown[:5]}")
+        for k in keys:
+            if k not in sd_a:
+                raise UnknownNameError("state_dict key", k, sd_a)
     work = copy.deepcopy(model_a)
     losses, metrics = np.empty(grid.size), np.empty(grid.size)
     for i, t in enumerate(grid):

@@ -1,7 +1,7 @@
 """Effective learning rate of scale-invariant (normalized) weights.
 
-van Laarhoven, "L2 Regularization versus Batch and Weight Normalization", arXiv:1706.05350
-(seed P297). A weight ``w`` followed by batch/layer/weight normalization is scale-invariant:
+van Laarhoven, "L2 Regularization versus Batch and Weight Normalization", arXiv:1706.05350.
+A weight ``w`` followed by batch/layer/weight normalization is scale-invariant:
 ``L(c w) = L(w)`` for ``c > 0``, hence ``grad L(c w) = grad L(w) / c``. Only the direction
 ``w / ||w||`` matters, and an SGD step of size ``lr`` moves it like a step of size::
 
@@ -20,6 +20,7 @@ This is why weight decay on normalized layers acts as a learning-rate schedule: 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,20 +28,26 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from gradkit.curvature._utils import check_nonnegative, is_real
+from gradkit.errors import UnknownNameError, invalid_value
+
 _KINDS = ("sgd", "adam")
 _ADAPTIVE = ("Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad", "Adadelta")
 
 
 def effective_lr(lr: float, weight: Tensor, kind: str = "sgd") -> float:
     """``lr / ||w||^2`` (``kind="sgd"``) or ``lr / ||w||`` (``kind="adam"``)."""
-    if kind not in _KINDS:
-        raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
-    if not lr >= 0:
-        raise ValueError(f"lr must be >= 0, got {lr}")
+    _check_kind(kind)
+    check_nonnegative("lr", lr)
     norm = float(weight.detach().norm())
     if norm == 0.0:
         raise ValueError("the weight has zero norm: its effective learning rate is infinite")
     return lr / norm**2 if kind == "sgd" else lr / norm
+
+
+def _check_kind(kind: object) -> None:
+    if kind not in _KINDS:
+        raise invalid_value("kind", kind, f"one of {_KINDS}")
 
 
 def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
@@ -62,8 +69,9 @@ def find_scale_invariant(
     The check runs on a copy of the model in training mode (batch statistics), where
     batch-normalized weights are scale-invariant; the model itself is not modified.
     """
-    if not scale > 0 or scale == 1.0:
-        raise ValueError(f"scale must be > 0 and != 1, got {scale}")
+    if not (is_real(scale) and math.isfinite(scale) and scale > 0 and scale != 1):
+        raise invalid_value("scale", scale, "a finite number > 0 and != 1")
+    check_nonnegative("rtol", rtol)
     work = copy.deepcopy(model).train()
     ref = work(inputs)
     if not isinstance(ref, Tensor):
@@ -94,12 +102,13 @@ def effective_learning_rates(
     read from its param group.
     """
     kind = optimizer_kind(optimizer) if kind is None else kind
+    _check_kind(kind)
     params = dict(model.named_parameters())
     lr_of = {id(p): float(g["lr"]) for g in optimizer.param_groups for p in g["params"]}
     out = {}
     for n in names:
         if n not in params:
-            raise ValueError(f"{n!r} is not a parameter of the model")
+            raise UnknownNameError("parameter", n, params)
         p = params[n]
         if id(p) not in lr_of:
             raise ValueError(f"{n!r} is not optimized by the optimizer")
@@ -117,6 +126,10 @@ class EffectiveLRTracker:
     kind: str | None = None
     steps: list[int] = field(default_factory=list)
     history: dict[str, list[float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind is not None:
+            _check_kind(self.kind)
 
     def __call__(self, step: int | None = None) -> dict[str, float]:
         rates = effective_learning_rates(self.model, self.optimizer, self.names, self.kind)

@@ -1,8 +1,8 @@
 """Per-example scores: gradient coherence, GraNd and EL2N.
 
-Gradient coherence (Chatterjee & Zielinski, "On the Generalization Mystery in Deep Learning",
-seed P029; the metric of Chatterjee, "Coherent Gradients", ICLR 2020). For per-example gradients ``g_z`` of a sample ``V`` of ``m``
-examples::
+Gradient coherence (Chatterjee & Zielinski, "On the Generalization Mystery in Deep Learning";
+the metric of Chatterjee, "Coherent Gradients", ICLR 2020). For per-example gradients ``g_z`` of
+a sample ``V`` of ``m`` examples::
 
     alpha(V) = E_{z, z' in V}[g_z . g_z'] / E_{z in V}[g_z . g_z]
              = ||mean_z g_z||^2 / mean_z ||g_z||^2                     in [0, 1]
@@ -12,7 +12,7 @@ gradients are equal; when they are pairwise orthogonal with equal norms ``alpha 
 paper's orthogonal limit ``alpha_perp``; the paper reports ``alpha / alpha_perp = m alpha``.
 
 GraNd and EL2N (Paul, Ganguli, Dziugaite, "Deep Learning on a Data Diet: Finding Important
-Examples Early in Training", arXiv:2107.07075, seed P197), averaged over models (the paper
+Examples Early in Training", arXiv:2107.07075), averaged over models (the paper
 averages over several independent initialisations)::
 
     GraNd(x, y) = E_w || grad_w loss(f_w(x), y) ||_2
@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gradkit.curvature._utils import check_positive_int
 from gradkit.diagnostics._common import Batch, LossFn, device_of, iter_batches, resolve_params
 
 
@@ -42,16 +43,15 @@ def _models(models: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
     return out
 
 
-def _chunks(inputs: Tensor, targets: Tensor, batch_size: int | None) -> Iterable[Batch]:
+def _chunks(inputs: Tensor, targets: Tensor, batch_size: int | None) -> list[Batch]:
+    """``(inputs, targets)`` in slices of ``batch_size`` (checked here, before any work)."""
     if inputs.shape[0] != targets.shape[0]:
         raise ValueError(
             f"inputs and targets have different lengths: {inputs.shape[0]} vs {targets.shape[0]}"
         )
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    step = inputs.shape[0] if batch_size is None else batch_size
-    for i in range(0, inputs.shape[0], max(step, 1)):
-        yield inputs[i : i + step], targets[i : i + step]
+    check_positive_int("batch_size", batch_size, allow_none=True)
+    step = max(inputs.shape[0] if batch_size is None else batch_size, 1)
+    return [(inputs[i : i + step], targets[i : i + step]) for i in range(0, inputs.shape[0], step)]
 
 
 def _flat_per_example(
@@ -79,11 +79,12 @@ def grand_scores(
     Gradients are taken with respect to every trainable parameter. Returns ``Tensor[n]``.
     """
     models = _models(models)
+    chunks = _chunks(inputs, targets, batch_size)
     total = torch.zeros(inputs.shape[0], dtype=torch.float64)
     for model in models:
         device = device_of(model)
         parts = []
-        for x, y in _chunks(inputs, targets, batch_size):
+        for x, y in chunks:
             g = _flat_per_example(model, loss_fn, x.to(device), y.to(device), None)
             parts.append(g.norm(dim=1).double().cpu())
         total += torch.cat(parts)
@@ -104,11 +105,12 @@ def el2n_scores(
     models = _models(models)
     if targets.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
         raise ValueError("el2n_scores needs integer class labels as targets")
+    chunks = _chunks(inputs, targets, batch_size)
     total = torch.zeros(inputs.shape[0], dtype=torch.float64)
     for model in models:
         device = device_of(model)
         parts = []
-        for x, y in _chunks(inputs, targets, batch_size):
+        for x, y in chunks:
             logits = model(x.to(device))
             if logits.dim() != 2:
                 raise ValueError(
@@ -155,7 +157,7 @@ def gradient_coherence(
         sum_sq += float((g * g).sum())
         m += g.shape[0]
     if sum_g is None or m == 0:
-        raise ValueError("data is empty")
+        raise ValueError("data is empty: no examples were found")
     if sum_sq == 0.0:
         raise ValueError("all per-example gradients are zero: coherence is undefined")
     mean_g = sum_g / m

@@ -1,7 +1,7 @@
 """Intrinsic dimension of an objective by training in a random subspace.
 
 Li, Farkhoor, Liu, Yosinski, "Measuring the Intrinsic Dimension of Objective Landscapes",
-arXiv:1804.08838 (seed P039). Instead of the ``D`` parameters, train ``d`` coordinates ``z``::
+arXiv:1804.08838. Instead of the ``D`` parameters, train ``d`` coordinates ``z``::
 
     theta = theta_0 + P z,     P in R^{D x d} random and fixed,  z_0 = 0
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -25,7 +26,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from gradkit.curvature._utils import (
+    check_positive,
+    check_positive_int,
+    check_scalar_loss,
+    is_real,
+)
 from gradkit.diagnostics._common import Batch, LossFn, iter_batches
+from gradkit.errors import invalid_value
 
 _OPTIMIZERS = ("adam", "sgd", "lbfgs")
 
@@ -38,18 +46,26 @@ def random_projection(
     device: torch.device | str = "cpu",
 ) -> Tensor:
     """Dense ``[num_params, dim]`` Gaussian matrix with unit-length columns."""
-    if dim < 1:
-        raise ValueError(f"dim must be >= 1, got {dim}")
+    check_positive_int("num_params", num_params)
+    check_positive_int("dim", dim)
     gen = torch.Generator().manual_seed(seed)
     p = torch.randn(num_params, dim, generator=gen, dtype=torch.float64)
     p /= p.norm(dim=0, keepdim=True)
     return p.to(dtype=dtype, device=device)
 
 
+def _check_training(steps: int, lr: float, optimizer: str) -> None:
+    """The arguments of the inner training runs, checked before any of them starts."""
+    if optimizer not in _OPTIMIZERS:
+        raise invalid_value("optimizer", optimizer, f"one of {_OPTIMIZERS}")
+    check_positive_int("steps", steps)
+    check_positive("lr", lr)
+
+
 def _batches(data: Batch | Iterable[Batch]) -> Iterable[Batch]:
     batches = list(iter_batches(data))
     if not batches:
-        raise ValueError("data is empty")
+        raise ValueError("data is empty: no examples were found")
     return itertools.cycle(batches)
 
 
@@ -72,16 +88,13 @@ def train_in_subspace(
     Returns:
         The trained copy, with ``theta_0 + P z`` loaded as its parameters.
     """
-    if optimizer not in _OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {optimizer!r}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    _check_training(steps, lr, optimizer)
+    check_positive_int("dim", dim, allow_none=True)
+    check_positive_int("max_projection_numel", max_projection_numel)
     work = copy.deepcopy(model)
     names = [n for n, p in work.named_parameters() if p.requires_grad]
     if not names:
-        raise ValueError("the model has no trainable parameters")
+        raise ValueError("the model has no parameters with requires_grad=True to train")
     base = {n: p.detach().clone() for n, p in work.named_parameters() if p.requires_grad}
     shapes = [base[n].shape for n in names]
     sizes = [base[n].numel() for n in names]
@@ -91,8 +104,6 @@ def train_in_subspace(
         z = theta0.clone().requires_grad_(True)
         proj = None
     else:
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1 or None, got {dim}")
         if num * dim > max_projection_numel:
             raise ValueError(
                 f"dense projection of {num} x {dim} numbers exceeds max_projection_numel="
@@ -122,9 +133,7 @@ def train_in_subspace(
         def closure(x: Tensor = x, y: Tensor = y) -> Tensor:
             opt.zero_grad()
             out = functional_call(work, as_dict(theta_of(z)), (x,))
-            loss = loss_fn(out, y)
-            if loss.dim() != 0:
-                raise ValueError("loss_fn must return a scalar (mean over the batch)")
+            loss = check_scalar_loss(loss_fn(out, y))
             loss.backward()
             return loss
 
@@ -169,11 +178,18 @@ def intrinsic_dimension(
             ``steps``, ``lr`` and ``optimizer`` and scored with ``performance_fn``.
         threshold: fraction of the baseline to reach, in ``(0, 1]`` (paper: 0.9).
     """
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    dims = sorted(int(d) for d in dims)
-    if not dims or dims[0] < 1:
-        raise ValueError("dims must be a non-empty sequence of integers >= 1")
+    if not (is_real(threshold) and 0.0 < threshold <= 1.0):
+        raise invalid_value("threshold", threshold, "in (0, 1]")
+    check_positive("full_performance", full_performance, allow_none=True)
+    given = list(dims)
+    try:
+        ints = sorted(operator.index(d) for d in given)
+    except TypeError:
+        ints = []
+    if not ints or ints[0] < 1:
+        raise invalid_value("dims", given, "a non-empty sequence of positive integers")
+    dims = ints
+    _check_training(steps, lr, optimizer)
     kw = {"steps": steps, "lr": lr, "optimizer": optimizer}
     if full_performance is None:
         full_performance = float(

@@ -1,6 +1,6 @@
 """Loss landscapes: 1-D and 2-D slices of the loss around a point in parameter space.
 
-Li et al., "Visualizing the Loss Landscape of Neural Nets", arXiv:1712.09913 (seed P163).
+Li et al., "Visualizing the Loss Landscape of Neural Nets", arXiv:1712.09913.
 The loss is evaluated on a grid around the trained parameters ``theta``::
 
     f(a)    = L(theta + a * d)                 (1-D slice)
@@ -13,7 +13,7 @@ weights it perturbs and plots of networks with different weight scales can be co
 Following the paper, 1-D parameters (biases, normalization gains) get a zero direction by
 default (``ignore_1d=True``).
 
-Directions along Hessian eigenvectors (Loss Landscape Analysis, seed P181) are available with
+Directions along Hessian eigenvectors ("Loss Landscape Analysis") are available with
 :func:`hessian_directions`; they are not affected by scale-invariant layers (BatchNorm), which
 the paper shows can distort filter-normalized plots.
 """
@@ -27,14 +27,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gradkit.curvature._utils import check_positive_int
 from gradkit.diagnostics._common import (
     Batch,
     LossFn,
+    as_grid,
     check_like,
     evaluate,
     perturbed,
     resolve_params,
 )
+from gradkit.errors import invalid_value
 
 #: Default grid of step sizes: 21 points in [-1, 1].
 DEFAULT_GRID: tuple[float, ...] = tuple(float(a) for a in np.linspace(-1.0, 1.0, 21))
@@ -58,7 +61,7 @@ def normalize_direction(
         ignore_1d: set the direction of 1-D parameters (biases, norm gains) to zero.
     """
     if norm not in _NORMS:
-        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+        raise invalid_value("norm", norm, f"one of {_NORMS}")
     direction = check_like(direction, params, "direction")
     out = []
     for d, p in zip(direction, params):
@@ -102,13 +105,12 @@ def hessian_directions(
     params: Sequence[Tensor] | None = None,
     max_samples: int | None = None,
 ) -> tuple[list[float], list[list[Tensor]]]:
-    """Top-``k`` Hessian eigenpairs to use as landscape axes (P181).
+    """Top-``k`` Hessian eigenpairs to use as landscape axes ("Loss Landscape Analysis").
 
     Returns ``(eigenvalues, eigenvectors)``; each eigenvector is a list of unit-norm (over all
     tensors together) tensors shaped like ``params``. Uses the shared curvature engine.
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    check_positive_int("k", k)
     from gradkit.curvature import HessianOperator, top_eigenpairs
 
     params = resolve_params(model, params)
@@ -141,15 +143,6 @@ class Slice2D:
     metrics: np.ndarray | None = None
 
 
-def _as_grid(values: Sequence[float] | np.ndarray | Tensor, name: str) -> np.ndarray:
-    arr = np.asarray(values.cpu() if isinstance(values, Tensor) else values, dtype=np.float64)
-    if arr.ndim != 1 or arr.size < 1:
-        raise ValueError(f"{name} must be a non-empty 1-D sequence of numbers")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite")
-    return arr
-
-
 def loss_slice_1d(
     model: nn.Module,
     loss_fn: LossFn,
@@ -166,7 +159,7 @@ def loss_slice_1d(
     """
     params = resolve_params(model, params)
     direction = check_like(direction, params, "direction")
-    grid = _as_grid(alphas, "alphas")
+    grid = as_grid(alphas, "alphas")
     losses, metrics = np.empty(grid.size), np.empty(grid.size)
     for i, a in enumerate(grid):
         with perturbed(params, [float(a) * d for d in direction]):
@@ -193,8 +186,8 @@ def loss_slice_2d(
     params = resolve_params(model, params)
     d1 = check_like(direction1, params, "direction1")
     d2 = check_like(direction2, params, "direction2")
-    ga = _as_grid(alphas, "alphas")
-    gb = ga if betas is None else _as_grid(betas, "betas")
+    ga = as_grid(alphas, "alphas")
+    gb = ga if betas is None else as_grid(betas, "betas")
     losses = np.empty((gb.size, ga.size))
     metrics = np.empty((gb.size, ga.size))
     for j, b in enumerate(gb):
@@ -233,7 +226,7 @@ def hessian_landscape_2d(
     max_samples: int | None = None,
     metric_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> tuple[Slice2D, list[float]]:
-    """2-D slice along the top two Hessian eigenvectors (P181); also returns the eigenvalues.
+    """2-D slice along the top two Hessian eigenvectors; also returns the eigenvalues.
 
     The eigenvectors have unit norm, so ``alphas`` are distances in parameter space.
     """

@@ -1,7 +1,7 @@
 """Roughness index (RI) of a loss landscape from 1-D slices along random directions.
 
 Wu, Jian, Du, Chen, Zhou, "Roughness Index for Loss Landscapes of Neural Network Models of
-Partial Differential Equations", arXiv:2103.11069 (seed P226). The paper's abstract defines the
+Partial Differential Equations", arXiv:2103.11069. The paper's abstract defines the
 index as built "on the mean and variance of the (normalized) total variation for
 one-dimensional functions projected on randomly sampled directions". Written out, for the
 slices ``f_k(a) = L(theta + a d_k)``, ``k = 1..K``, sampled on a grid ``a_0 < ... < a_n``:
@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gradkit.diagnostics._common import Batch, LossFn, resolve_params
+from gradkit.curvature._utils import check_int_at_least
+from gradkit.diagnostics._common import Batch, LossFn, as_grid, resolve_params
 from gradkit.diagnostics.landscape import loss_slice_1d, random_direction
 
 #: Default grid of step sizes for the roughness index: 41 points in [-1, 1].
@@ -108,8 +109,9 @@ def roughness_index(
         norm: direction normalization, see :func:`~gradkit.diagnostics.landscape.random_direction`.
         direction_fn: optional ``generator -> direction`` to draw directions differently.
     """
-    if num_directions < 2:
-        raise ValueError(f"num_directions must be >= 2, got {num_directions}")
+    check_int_at_least("num_directions", num_directions, 2)
+    if as_grid(alphas, "alphas").size < 3:
+        raise ValueError("alphas must have at least 3 grid points for a roughness index")
     params = resolve_params(model, params)
     gen = torch.Generator().manual_seed(seed)
     rows = []

@@ -5,8 +5,8 @@ Gradient descent with step size ``lr`` on a quadratic with Hessian ``H`` is stab
 this edge and then hovers at it ("edge of stability": Cohen et al., "Gradient Descent on Neural
 Networks Typically Occurs at the Edge of Stability", arXiv 2103.00065); for SGD the linear
 stability of a minimum is governed by related sharpness measures (Wu & Su, "The Implicit
-Regularization of Dynamical Stability in Stochastic Gradient Descent", seed P250; Dexter et al.,
-"A Precise Characterization of SGD Stability Using Loss Surface Geometry", seed P280).
+Regularization of Dynamical Stability in Stochastic Gradient Descent"; Dexter et al.,
+"A Precise Characterization of SGD Stability Using Loss Surface Geometry").
 
 :class:`SharpnessTracker` is a callback for any training loop::
 
@@ -31,9 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from gradkit.curvature import GaussNewtonOperator, HessianOperator, top_eigenpairs
-from gradkit.curvature._utils import check_int_at_least, check_positive_int
+from gradkit.curvature._utils import check_positive, check_positive_int
 from gradkit.curvature.operators import CurvatureOperator
 from gradkit.diagnostics._plotting import new_figure, save_figure
+from gradkit.errors import invalid_value
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 _OPERATORS: dict[str, type[CurvatureOperator]] = {
@@ -58,11 +59,9 @@ def _lr_of(lr: float | torch.optim.Optimizer | None) -> float | None:
     if lr is None:
         return None
     if isinstance(lr, torch.optim.Optimizer):
-        lr = lr.param_groups[0]["lr"]
-    lr = float(lr)
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    return lr
+        lr = float(lr.param_groups[0]["lr"])
+    check_positive("lr", lr)
+    return float(lr)
 
 
 class _EvalMode:
@@ -98,9 +97,13 @@ def sharpness(
     return vals
 
 
-def _make_operator(model, loss_fn, data, params, max_samples, operator) -> CurvatureOperator:
+def _check_operator(operator: object) -> None:
     if operator not in _OPERATORS:
-        raise ValueError(f"operator must be one of {sorted(_OPERATORS)}, got {operator!r}")
+        raise invalid_value("operator", operator, f"one of {tuple(_OPERATORS)}")
+
+
+def _make_operator(model, loss_fn, data, params, max_samples, operator) -> CurvatureOperator:
+    _check_operator(operator)
     return _OPERATORS[operator](model, loss_fn, data, params=params, max_samples=max_samples)
 
 
@@ -136,9 +139,11 @@ class SharpnessTracker:
         seed: int = 0,
     ) -> None:
         check_positive_int("every", every)
-        check_int_at_least("k", k, 1)
-        if operator not in _OPERATORS:
-            raise ValueError(f"operator must be one of {sorted(_OPERATORS)}, got {operator!r}")
+        check_positive_int("k", k)
+        check_positive_int("max_samples", max_samples, allow_none=True)
+        check_positive("tol", tol)
+        check_positive_int("max_iter", max_iter)
+        _check_operator(operator)
         self.model, self.loss_fn, self.data = model, loss_fn, data
         self.every, self.k = every, k
         self.params, self.max_samples = params, max_samples

@@ -1,7 +1,7 @@
 """Hessian eigenvalue spectrum: a bulk near zero and a few outliers.
 
 Sagun, Evci, Guney, Dauphin & Bottou, "Empirical Analysis of the Hessian of Over-Parametrized
-Neural Networks" (arXiv 1706.04454, seed P041) find that the spectrum has a bulk concentrated
+Neural Networks" (arXiv 1706.04454) find that the spectrum has a bulk concentrated
 near zero and a small number of outliers (about the number of classes) far from it. This module
 estimates the full density by stochastic Lanczos quadrature
 (:func:`gradkit.curvature.spectral_density`), the top eigenvalues by Lanczos, separates the
@@ -22,8 +22,10 @@ from typing import Any
 from torch import Tensor, nn
 
 from gradkit.curvature import HessianOperator, spectral_density, top_eigenpairs
+from gradkit.curvature._utils import check_positive_int, is_real
 from gradkit.curvature.slq import SpectralDensity
 from gradkit.diagnostics._plotting import new_figure, save_figure
+from gradkit.errors import invalid_value
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -39,12 +41,16 @@ class HessianSpectrum:
     num_matvecs: int
 
 
+def _check_min_gap(min_gap: object) -> None:
+    if not (is_real(min_gap) and min_gap > 1):  # type: ignore[operator]
+        raise invalid_value("min_gap", min_gap, "a number > 1")
+
+
 def split_outliers(
     eigenvalues: Sequence[float], min_gap: float = 2.0
 ) -> tuple[list[float], float | None]:
     """Outliers (largest first) and the bulk edge by the largest ratio gap (see module doc)."""
-    if not min_gap > 1:
-        raise ValueError(f"min_gap must be > 1, got {min_gap}")
+    _check_min_gap(min_gap)
     vals = sorted((float(v) for v in eigenvalues), reverse=True)
     best_i, best_ratio = -1, 0.0
     for i in range(len(vals) - 1):
@@ -72,8 +78,11 @@ def hessian_spectrum(
 ) -> HessianSpectrum:
     """SLQ density (``num_steps * num_probes`` products) plus the top-``k`` eigenvalues.
 
-    ``k`` should exceed the expected number of outliers (e.g. 2 x number of classes).
+    ``k`` should exceed the expected number of outliers (e.g. 2 x number of classes); it is
+    capped at the number of parameters.
     """
+    check_positive_int("k", k)
+    _check_min_gap(min_gap)
     op = HessianOperator(model, loss_fn, data, params=params, max_samples=max_samples)
     k = min(k, op.dim)
     dens = spectral_density(op, num_steps=num_steps, num_probes=num_probes, seed=seed, sigma=sigma)

@@ -1,9 +1,8 @@
 """Gradient in the top Hessian subspace, and how that subspace moves during training.
 
-Gur-Ari, Roberts & Dyer, "Gradient Descent Happens in a Tiny Subspace" (arXiv 1812.04754,
-seed P173; extended to policy gradients by seed P299) observe that after a short transient the
-gradient lies mostly in the span of the top-``k`` Hessian eigenvectors (``k`` ~ number of
-classes) and that this span changes slowly. The two quantities, with ``V_t`` the ``k x P``
+Gur-Ari, Roberts & Dyer, "Gradient Descent Happens in a Tiny Subspace" (arXiv 1812.04754)
+observe that after a short transient the gradient lies mostly in the span of the top-``k``
+Hessian eigenvectors (``k`` ~ number of classes) and that this span changes slowly. The two quantities, with ``V_t`` the ``k x P``
 matrix of orthonormal top eigenvectors at step ``t`` and ``g_t`` the gradient:
 
     fraction(t)      = |V_t g_t|^2 / |g_t|^2                 (in [0, 1])
@@ -24,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from gradkit.curvature import HessianOperator, top_eigenpairs
-from gradkit.curvature._utils import check_int_at_least, check_positive_int, flatten
+from gradkit.curvature._utils import check_positive, check_positive_int, flatten
 from gradkit.diagnostics._plotting import new_figure, save_figure
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -141,7 +140,10 @@ class SubspaceTracker:
         seed: int = 0,
     ) -> None:
         check_positive_int("every", every)
-        check_int_at_least("k", k, 1)
+        check_positive_int("k", k)
+        check_positive_int("max_samples", max_samples, allow_none=True)
+        check_positive("tol", tol)
+        check_positive_int("max_iter", max_iter)
         self.model, self.loss_fn, self.data, self.k, self.every = model, loss_fn, data, k, every
         self.reference_step = reference_step
         self.params, self.max_samples, self.tol, self.max_iter = params, max_samples, tol, max_iter

@@ -32,6 +32,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from gradkit.curvature._utils import check_positive_int
+
 _ELEMENTWISE = (
     nn.ReLU,
     nn.ReLU6,
@@ -204,8 +206,7 @@ def weight_matching(
 
     Returns ``perm name -> index tensor``: unit ``i`` of the aligned B is unit ``perm[i]`` of B.
     """
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    check_positive_int("max_iter", max_iter)
     spec = permutation_spec(model_a) if spec is None else spec
     sd_a = {k: v.detach().double().cpu() for k, v in model_a.state_dict().items()}
     sd_b = {k: v.detach().double().cpu() for k, v in model_b.state_dict().items()}
