@@ -81,8 +81,8 @@ def test_flat_params_are_views_of_one_buffer() -> None:
     for p in fg.params:
         assert p.untyped_storage().data_ptr() == fg.param_flat.untyped_storage().data_ptr()
         assert p.grad.untyped_storage().data_ptr() == fg.grad_flat.untyped_storage().data_ptr()
-        st = opt.state[p]["0.exp_avg"]
-        assert st.untyped_storage().data_ptr() == fg.state_flat["0.exp_avg"].data_ptr()
+        st = opt.state[p]["exp_avg"]
+        assert st.untyped_storage().data_ptr() == fg.state_flat["exp_avg"].data_ptr()
 
 
 @pytest.mark.parametrize(("cls", "hp"), CONFIGS[:3])

@@ -193,7 +193,7 @@ def test_momentum_zero_keeps_no_buffer():
     model = make_mlp()
     opt = SGD(model.parameters(), lr=0.1)
     train(model, opt, regression_batches(3))
-    buffers = [st["1.momentum_buffer"] for st in opt.state.values()]
+    buffers = [st["momentum_buffer"] for st in opt.state.values()]
     assert len(buffers) == 4 and all(b.numel() == 0 for b in buffers)
     opt.param_groups[0]["momentum"] = 0.9  # turned on later: allocated on first use
     train(model, opt, regression_batches(1))

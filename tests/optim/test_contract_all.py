@@ -9,6 +9,7 @@ refused, a missing closure refused, and a bad learning rate refused at construct
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 
 import pytest
@@ -243,3 +244,239 @@ def test_flat_path_resumes_bit_exactly_and_counts_steps(name: str) -> None:
         _step(eager, opt3, t)
     for p, q in zip(ref.parameters(), eager.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- one declaration of settings
+def _declaration(name: str) -> tuple[dict, dict]:
+    """(group hyperparameter specs, construction option specs) of a registered optimizer."""
+    cls = get_info(name).cls
+    if hasattr(cls, "group_specs"):
+        return cls.group_specs(), cls.option_specs()
+    return {h.name: h for h in cls.wrapper_hyperparameters}, {}
+
+
+RECIPES = [n for n in NAMES if hasattr(get_info(n).cls, "group_specs")]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_signature_shows_every_argument_with_its_default(name: str) -> None:
+    cls = get_info(name).cls
+    groups, options = _declaration(name)
+    sig = inspect.signature(cls)
+    assert list(sig.parameters)[0] == "params"
+    shown = {k: v.default for k, v in list(sig.parameters.items())[1:]}
+    assert shown == {n: s.default for n, s in {**groups, **options}.items()}
+    assert {"lr", "fused", "nonfinite", "maximize"} <= set(shown)
+
+
+def _invalid_cases() -> list[tuple[str, str, object]]:
+    cases = []
+    for name in NAMES:
+        groups, options = _declaration(name)
+        for spec in [*groups.values(), *options.values()]:
+            for bad in spec.invalid_examples():
+                cases.append((name, spec.name, bad))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "setting", "bad"), _invalid_cases())
+def test_invalid_values_are_refused_at_construction_naming_the_setting(name, setting, bad) -> None:
+    with pytest.raises(ValueError, match=rf"Invalid {setting}: .*; {setting} must be"):
+        _make(name, _model(), **{setting: bad})
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_invalid_group_value_is_refused_in_add_param_group(name: str) -> None:
+    opt = _make(name, _model())
+    group = {"params": [nn.Parameter(torch.zeros(3, 8))], "lr": "0.01"}
+    if any("use_muon" in g for g in opt.param_groups):
+        group["use_muon"] = True
+    with pytest.raises(ValueError, match="Invalid lr: '0.01'"):
+        opt.add_param_group(group)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_construction_option_in_a_param_group_is_refused(name: str) -> None:
+    _, options = _declaration(name)
+    model = _model()
+    for option, spec in options.items():
+        groups = [{"params": list(model.parameters()), option: spec.default}]
+        with pytest.raises(ValueError, match=f"{option} is a construction option"):
+            _make(name, groups)
+
+
+def test_a_per_group_kappa_is_refused_not_ignored() -> None:
+    model = _model()
+    with pytest.raises(ValueError, match="kappa is a construction option"):
+        gradkit.create_optimizer([{"params": model.parameters(), "kappa": "l2"}], "lion_kappa")
+    with pytest.raises(ValueError, match="Invalid kappa: 'bogus'"):
+        gradkit.create_optimizer(model, "lion_kappa", kappa="bogus")
+
+
+def test_amsgrad_group_cannot_turn_amsgrad_off() -> None:
+    model = _model()
+    with pytest.raises(ValueError, match="Invalid amsgrad: False"):
+        gradkit.create_optimizer([{"params": model.parameters(), "amsgrad": False}], "amsgrad")
+
+
+def test_options_are_not_copied_into_groups_or_state_dict() -> None:
+    opt = gradkit.create_optimizer(_model(), "lion_kappa", kappa="huber", nonfinite="skip")
+    sd = opt.state_dict()
+    for group in [*opt.param_groups, *sd["param_groups"]]:
+        assert not {"kappa", "nonfinite", "fused"} & set(group)
+    assert opt.options["kappa"] == "huber"
+
+
+# ---------------------------------------------------------------------- copies
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copied_optimizer_steps_like_the_original(name: str, how: str) -> None:
+    torch.manual_seed(3)
+    model = _model()
+    opt = _make(name, model)
+    for t in range(3):
+        _step(model, opt, t)
+    if how == "deepcopy":
+        model2, opt2 = copy.deepcopy((model, opt))
+    else:
+        buf = io.BytesIO()
+        torch.save((model, opt), buf)
+        buf.seek(0)
+        model2, opt2 = torch.load(buf, weights_only=False)
+    rng = torch.get_rng_state()
+    for t in range(3, 6):
+        _step(model, opt, t)
+    torch.set_rng_state(rng)
+    for t in range(3, 6):
+        _step(model2, opt2, t)
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(p, q), name
+
+
+# ---------------------------------------------------------------------- unusual input
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_element_parameter_is_skipped(name: str) -> None:
+    model = _model()
+    empty = nn.Parameter(torch.zeros(0, 4))
+    holder = nn.ModuleDict({"net": model})
+    holder.register_parameter("empty", empty)
+    opt = _make(name, holder)
+    before = copy.deepcopy(model)
+    for t in range(2):
+        x, y = _batch(t)
+
+        def closure(x=x, y=y) -> torch.Tensor:
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y) + empty.sum()
+            loss.backward()
+            return loss
+
+        if get_info(name).needs_closure:
+            opt.step(closure)
+        else:
+            closure()
+            opt.step()
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before.parameters()))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _nan_step(model: nn.Module, opt: torch.optim.Optimizer, name: str) -> None:
+    x, y = _batch(99)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        next(model.parameters()).grad[0, 0] = float("nan")
+        return loss
+
+    if get_info(name).needs_closure:
+        opt.step(closure)
+    else:
+        closure()
+        opt.step()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nonfinite_skip_leaves_parameters_and_state_untouched(name: str) -> None:
+    model = _model()
+    opt = _make(name, model, nonfinite="skip")
+    for t in range(2):
+        _step(model, opt, t)
+    params = copy.deepcopy(list(model.parameters()))
+    state = copy.deepcopy(opt.state_dict()["state"])
+    _nan_step(model, opt, name)
+    for p, q in zip(model.parameters(), params):
+        assert torch.equal(p, q), name
+    after = opt.state_dict()["state"]
+    for pid, st in state.items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(after[pid][k], v), (name, k)
+    _step(model, opt, 3)  # and training goes on, finite
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nonfinite_raise_names_the_problem(name: str) -> None:
+    model = _model()
+    opt = _make(name, model, nonfinite="raise")
+    _step(model, opt, 0)
+    with pytest.raises(FloatingPointError, match="non-finite gradient"):
+        _nan_step(model, opt, name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nonfinite_ignore_is_the_default_and_lets_nan_through(name: str) -> None:
+    model = _model()
+    opt = _make(name, model)
+    _step(model, opt, 0)
+    _nan_step(model, opt, name)
+    assert not all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _real_view_model(model: nn.Module) -> list[nn.Parameter]:
+    return [nn.Parameter(torch.view_as_real(p.detach()).clone()) for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_complex_parameters_step_as_their_real_view(name: str) -> None:
+    """As torch.optim: a complex parameter takes the step its real view would take."""
+    torch.manual_seed(0)
+    z = [
+        nn.Parameter(torch.randn(4, 3, dtype=torch.complex64)),
+        nn.Parameter(torch.randn(3, dtype=torch.complex64)),
+    ]
+    r = [nn.Parameter(torch.view_as_real(p.detach()).clone()) for p in z]
+    try:
+        opt_z = _make(name, z)
+    except ValueError as err:  # matrix methods refuse complex parameters, clearly
+        assert "complex" in str(err)
+        return
+    opt_r = _make(name, r)
+    for t in range(4):
+        g = torch.Generator().manual_seed(t)
+        targets = [torch.randn(p.shape, dtype=p.dtype, generator=g) for p in z]
+
+        def loss_z(targets=targets) -> torch.Tensor:
+            opt_z.zero_grad()
+            loss = sum((p - q).abs().pow(2).sum() for p, q in zip(z, targets))
+            loss.backward()
+            return loss
+
+        def loss_r(targets=targets) -> torch.Tensor:
+            opt_r.zero_grad()
+            loss = sum((p - torch.view_as_real(q)).pow(2).sum() for p, q in zip(r, targets))
+            loss.backward()
+            return loss
+
+        if get_info(name).needs_closure:
+            opt_z.step(loss_z)
+            opt_r.step(loss_r)
+        else:
+            loss_z()
+            opt_z.step()
+            loss_r()
+            opt_r.step()
+    for p, q in zip(z, r):
+        torch.testing.assert_close(torch.view_as_real(p.detach()), q.detach(), rtol=1e-5, atol=1e-6)

@@ -92,10 +92,10 @@ def test_second_moment_is_one_scalar_per_layer() -> None:
     opt.step()
     for p in model.parameters():
         st = opt.state[p]
-        assert st["0.exp_avg_sq"].shape == ()
-        assert st["0.exp_avg"].shape == p.shape
+        assert st["exp_avg_sq"].shape == ()
+        assert st["exp_avg"].shape == p.shape
         full = [k for k, v in st.items() if k != "step" and v.numel() > 1]
-        assert full == ["0.exp_avg"]  # the only full-size buffer: half of Adam's state
+        assert full == ["exp_avg"]  # the only full-size buffer: half of Adam's state
     assert not opt.transform.flat_ok
 
 

@@ -51,6 +51,6 @@ def test_one_buffer_and_bad_k():
     opt = ChainOptimizer([p], chain(ScaleByLearningRate(), Lookahead()), {"lr": 0.1})
     p.grad = torch.ones(3)
     opt.step()
-    assert [k for k in opt.state[p] if k != "step"] == ["1.slow_params"]
+    assert [k for k in opt.state[p] if k != "step"] == ["slow_params"]
     with pytest.raises(ValueError, match="lookahead_k"):
         ChainOptimizer([p], chain(ScaleByLearningRate(), Lookahead()), {"lookahead_k": 0})

@@ -365,6 +365,11 @@ class ChainOptimizer(Optimizer):
         checkpoint written with the positional state keys of gradkit 0.1 (``"0.exp_avg"``).
         """
         state_dict = check_and_migrate_state_dict(self, state_dict)
+        for i, group in enumerate(state_dict["param_groups"]):
+            try:
+                validate_group(group, self._specs)
+            except ValueError as err:
+                raise ValueError(f"cannot load this state dict: param group {i}: {err}") from None
         self._flat.clear()  # flat buffers are rebuilt from the loaded per-param state
         super().load_state_dict(state_dict)
         saved_groups = state_dict["param_groups"]

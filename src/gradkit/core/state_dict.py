@@ -112,8 +112,8 @@ def _check_state(optimizer: Any, groups: list[dict[str, Any]], state: dict[str, 
             real_shape = torch.view_as_real(p).shape if p.is_complex() else p.shape
             for k in sorted(keys):
                 value, fresh = saved_state[k], template[k]
-                if not isinstance(value, Tensor) or fresh is None:
-                    continue
+                if not isinstance(value, Tensor) or fresh is None or fresh.numel() == 0:
+                    continue  # a lazily allocated buffer takes its shape on first use
                 allowed = {tuple(fresh.shape), tuple(real_shape), tuple(p.shape)}
                 if tuple(value.shape) not in allowed:
                     raise _fail(

@@ -76,7 +76,7 @@ class RecipeOptimizer(ChainOptimizer):
         unknown = sorted(set(kwargs) - set(specs))
         if unknown:
             raise TypeError(
-                f"{cls.__name__} got unknown argument(s) {unknown}; it takes: "
+                f"{cls.__name__} got unknown hyperparameter(s) or option(s) {unknown}; it takes: "
                 f"{', '.join([*specs, *option_specs])}"
             )
         self.options = MappingProxyType(options)

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from gradkit.core.hyperparams import Hyperparameter, validate_group
+from gradkit.core.optimizer import ChainOptimizer
 
 __all__ = ["WrapperOptimizer", "resolve_base_optimizer", "closure_error", "global_grad_norm"]
 
@@ -63,13 +64,21 @@ class WrapperOptimizer(Optimizer):
     """A torch optimizer whose step is taken by a base optimizer built on the same param groups.
 
     Subclasses set ``wrapper_hyperparameters`` (their own per-group settings, validated like any
-    gradkit hyperparameter), ``default_hyperparameters`` (every keyword of their own, with
-    defaults; other keywords go to the base optimizer) and implement ``step``.
+    gradkit hyperparameter; other keywords go to the base optimizer, construction options such
+    as ``nonfinite`` included) and implement ``step``.
     """
 
     wrapper_hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = ()
-    default_hyperparameters: ClassVar[dict[str, Any]] = {}
+    #: the base optimizer used when none is given
+    default_base: ClassVar[str] = "sgd"
     requires_closure: ClassVar[bool] = True
+
+    @classmethod
+    def declared_defaults(cls) -> dict[str, Any]:
+        """The wrapper's own keywords with their defaults (the base optimizer's come on top)."""
+        return {"base_optimizer": cls.default_base} | {
+            h.name: h.default for h in cls.wrapper_hyperparameters
+        }
 
     def __init__(
         self,
@@ -81,6 +90,13 @@ class WrapperOptimizer(Optimizer):
         own = {name: kwargs.pop(name, spec.default) for name, spec in self._specs.items()}
         validate_group(own, self._specs)
         base_cls = resolve_base_optimizer(base_optimizer)
+        if not issubclass(base_cls, ChainOptimizer):  # a torch.optim base takes no policy
+            policy = kwargs.pop("nonfinite", "ignore")
+            if policy != "ignore":
+                raise ValueError(
+                    f"nonfinite={policy!r} needs a gradkit base optimizer; "
+                    f"{base_cls.__name__} has no non-finite gradient policy"
+                )
         self.__dict__["_base"] = None
         super().__init__(params, own)
         # The base optimizer adds its defaults to the very same group dicts.

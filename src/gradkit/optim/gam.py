@@ -50,13 +50,6 @@ class GAM(WrapperOptimizer):
         interval("fd_radius", 0.1, 0.0, low_open=True),
         interval("perturb_eps", 1e-12, 0.0, low_open=True),
     )
-    default_hyperparameters = {
-        "base_optimizer": "sgd",
-        "rho": 0.02,
-        "alpha": 1.0,
-        "fd_radius": 0.1,
-        "perturb_eps": 1e-12,
-    }
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -80,12 +80,6 @@ class SAM(WrapperOptimizer):
         flag("adaptive", False),
         interval("perturb_eps", 1e-12, 0.0, low_open=True),
     )
-    default_hyperparameters = {
-        "base_optimizer": "sgd",
-        "rho": 0.05,
-        "adaptive": False,
-        "perturb_eps": 1e-12,
-    }
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -65,7 +65,6 @@ class XGrad(WrapperOptimizer):
     """
 
     wrapper_hyperparameters = (interval("prediction_steps", 1.0, 0.0),)
-    default_hyperparameters = {"base_optimizer": "sgd", "prediction_steps": 1.0}
 
     def __init__(self, params: Any, base_optimizer: Any = "sgd", **kwargs: Any) -> None:
         if base_optimizer in ("sgd", SGD, torch.optim.SGD):
