@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from collections.abc import Mapping, Sequence
+
+#: When this process started running gradkit (the "invocation took" figure counts from here).
+_STARTED = time.perf_counter()
 
 __all__ = ["build_parser", "main"]
 
@@ -304,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             diagnose=args.diagnose,
             diagnose_every=args.diagnose_every,
             command="gradkit " + shlex.join(argv),
+            started_at=_STARTED,
         )
         run_compare(config)
     except UsageError as exc:

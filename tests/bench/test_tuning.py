@@ -18,7 +18,7 @@ from gradkit.bench.execution.storage import StorageError, check_storage, normali
 from gradkit.bench.execution.study import run_study
 from gradkit.bench.protocol.optimizers import resolve_optimizers
 from gradkit.bench.protocol.plan import StudyPlan, study_name
-from gradkit.bench.protocol.sampler import LogGridSampler, log_grid
+from gradkit.bench.protocol.sampler import LogGridSampler, log_grid, nested_grid
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -47,7 +47,7 @@ def test_grid_sampler_fills_every_point_and_refills_a_failed_one():
     study.tell(t, 0.0)
     t = study.ask({"lr": dist})
     seen.append(t.params["lr"])
-    assert sorted(seen) == pytest.approx(log_grid(1e-4, 1e-1, 4))
+    assert sorted(seen) == pytest.approx(nested_grid(1e-4, 1e-1, 4))
 
 
 def _plan(**kw):

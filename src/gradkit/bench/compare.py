@@ -13,13 +13,13 @@ from typing import Any
 import torch
 from rich.console import Console
 
+import gradkit
 from gradkit.bench.execution.diagnose import DIAGNOSTICS
 from gradkit.bench.execution.storage import StorageError, display_url, open_storage
 from gradkit.bench.execution.study import run_study
-from gradkit.bench.execution.workers import live_trials
 from gradkit.bench.progress import CompareProgress
 from gradkit.bench.protocol.optimizers import DEFAULT_OPTIMIZERS, OptimizerSpec, resolve_optimizers
-from gradkit.bench.protocol.plan import SAMPLERS, SEARCHABLE, StudyPlan, study_name
+from gradkit.bench.protocol.plan import SAMPLERS, SEARCHABLE, StudyPlan
 from gradkit.bench.tasks import Task, list_tasks
 from gradkit.bench.tasks.testfunctions import TEST_FUNCTIONS
 from gradkit.errors import UnknownNameError, canonical_name
@@ -59,6 +59,9 @@ class CompareConfig:
     stale_after: float = 60.0
     quiet: bool = False
     command: str = ""
+    started_at: float = field(default_factory=time.perf_counter)
+    calibration_rounds: int = 5
+    calibration_steps: int = 10
     diagnose: list[str] = field(default_factory=list)
     diagnose_every: int | None = None
 
@@ -198,11 +201,19 @@ def _check_budget(config: CompareConfig) -> None:
 
 
 def make_plans(
-    config: CompareConfig, tasks: list[Task], specs: list[OptimizerSpec]
+    config: CompareConfig,
+    tasks: list[Task],
+    specs: list[OptimizerSpec],
+    device: torch.device | None = None,
 ) -> list[StudyPlan]:
-    """One study plan per (task, optimizer), task defaults filled in."""
+    """One study plan per (task, optimizer), task defaults filled in; the task's fingerprint is
+    computed once per task, on ``device`` (default: cpu)."""
+    from gradkit.bench.tasks.fingerprint import task_fingerprint
+
+    device = device or torch.device("cpu")
     plans = []
     for task in tasks:
+        fingerprint = task_fingerprint(task, device)
         steps = config.steps or task.steps
         eval_every = min(config.eval_every or task.eval_every, steps)
         for spec in specs:
@@ -222,6 +233,8 @@ def make_plans(
                     prefix=config.study_prefix,
                     diagnose=list(dict.fromkeys(config.diagnose)),
                     diagnose_every=config.diagnose_every,
+                    task_fingerprint=fingerprint,
+                    device_kind=device.type,
                 )
             )
     return plans
@@ -251,49 +264,66 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    plans = make_plans(config, tasks, specs)
-    start = time.time()
+    plans = make_plans(config, tasks, specs, device)
     log(
         f"gradkit compare: {len(specs)} optimizer(s) \\[{', '.join(s.name for s in specs)}] on "
         f"{', '.join(config.tasks)}; device {device}; storage "
         f"{display_url(storage_url) if tasks else '-'}"
     )
+    ran_now = 0
     with CompareProgress(console, enabled=not config.quiet) as prog:
         for plan in plans if config.run_trials else []:
             label = f"{plan.task.name}/{plan.spec.name}"
             on_event, finish = prog.study(label, plan.n_trials, len(plan.seeds), plan.steps)
+
+            def count(event: str, info: dict[str, Any], on_event=on_event) -> None:
+                nonlocal ran_now
+                ran_now += event == "trial_done"
+                on_event(event, info)
+
             study = run_study(
                 storage,
                 plan,
                 device,
-                progress=on_event,
+                progress=count,
                 heartbeat_interval=config.heartbeat,
                 stale_after=config.stale_after,
             )
-            finish(live_trials(study)[0])
+            finish(plan.grid_points_done(study.get_trials(deepcopy=False)))
         trajectories = _run_trajectories(functions, specs, config.trajectory_steps, prog)
     if not config.report:
-        log(f"done in {time.time() - start:.0f} s (report skipped)")
+        log(f"done in {elapsed(config):.0f} s (report skipped)")
         return None
     from gradkit.bench.report.page import summary_table, write_report
     from gradkit.bench.report.results import load_result
 
     by_task: dict[str, list] = {}
     for plan in plans:
-        res = load_result(storage, study_name(plan), plan.task, plan.spec.name)
-        by_task.setdefault(plan.task.name, []).append(res)
+        by_task.setdefault(plan.task.name, []).append(load_result(storage, plan))
+    timing = _calibrate(config, plans, by_task, device, log)
+    stored = [
+        r for results in by_task.values() for res in results for t in res.trials for r in t.runs
+    ]
+    reused = sum(len(res.trials) for results in by_task.values() for res in results)
     meta: dict[str, Any] = {
         "command": config.command,
         "device": str(device),
         "torch": torch.__version__,
+        "gradkit": gradkit.__version__,
         "storage": display_url(storage_url) if tasks else "-",
-        "wall time of this invocation (s)": round(time.time() - start, 1),
         "budget": "; ".join(
             f"{t.name}: {config.trials or t.trials} trials x {config.seeds or t.seeds} seeds x "
             f"{config.steps or t.steps} steps"
             for t in tasks
         ),
+        "trials run by this invocation": ran_now,
+        "trials in the report": reused,
+        "training wall time stored in those trials (s)": round(
+            sum(r.train_time for r in stored), 1
+        ),
     }
+    if timing:
+        meta["how time was measured"] = "; ".join(f"{k}: {v}" for k, v in timing.items())
     if config.diagnose:
         when = (
             f"every {config.diagnose_every} steps"
@@ -301,6 +331,8 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
             else "at each evaluation"
         )
         meta["diagnostics"] = f"{', '.join(dict.fromkeys(config.diagnose))} {when}, seed 0"
+    # measured last, so that it covers everything this invocation did (trials, calibration)
+    meta["wall time of this invocation (s)"] = round(elapsed(config), 1)
     index = write_report(out_dir, by_task, trajectories, meta)
     if not config.quiet:
         from rich.table import Table
@@ -313,8 +345,58 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
             for row in rows[1:]:
                 table.add_row(*row[:8])
             console.print(table)
-        log(f"report: {index}  (summary: {out_dir / 'summary.md'}); {time.time() - start:.0f} s")
+        log(f"report: {index}  (summary: {out_dir / 'summary.md'}); {elapsed(config):.0f} s")
     return index
+
+
+def elapsed(config: CompareConfig) -> float:
+    """Seconds since the invocation started (``config.started_at``, a ``time.perf_counter``
+    reading taken by the command line before anything else)."""
+    return time.perf_counter() - config.started_at
+
+
+def _calibrate(
+    config: CompareConfig,
+    plans: list[StudyPlan],
+    by_task: dict[str, list],
+    device: torch.device,
+    log,
+) -> dict[str, str]:
+    """Measure each task's per-step times (best configuration of every optimizer, interleaved;
+    see :mod:`gradkit.bench.execution.timing`) and put them into the results; returns one
+    description per task."""
+    from gradkit.bench.execution.timing import calibrate_step_times
+
+    out: dict[str, str] = {}
+    if config.calibration_rounds < 1:
+        return out
+    specs = {(p.task.name, p.spec.name): p for p in plans}
+    for name, results in by_task.items():
+        entries = []
+        for res in results:
+            if res.best is not None:
+                plan = specs[(name, res.optimizer)]
+                hp = {
+                    k: tuple(v) if isinstance(v, list) else v
+                    for k, v in res.best.hyperparams.items()
+                }
+                entries.append((res.optimizer, plan.spec, hp))
+        if not entries:
+            continue
+        plan0 = specs[(name, results[0].optimizer)]
+        log(f"calibrating the per-step time of {len(entries)} optimizer(s) on {name}")
+        cal = calibrate_step_times(
+            plan0.task,
+            entries,
+            device,
+            batch_size=plan0.batch_size,
+            rounds=config.calibration_rounds,
+            steps=config.calibration_steps,
+        )
+        for res in results:
+            res.step_time = cal.step_time.get(res.optimizer)
+        out[name] = cal.describe()
+    return out
 
 
 def _run_trajectories(functions, specs, steps, prog) -> dict:

@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from gradkit.bench.execution import workers
 from gradkit.bench.execution.diagnose import make_callbacks
@@ -32,7 +32,8 @@ def run_study(
     stale_after: float = 60.0,
     poll_interval: float = 1.0,
 ) -> optuna.Study:
-    """Run trials of ``plan`` until the study holds ``n_trials`` finished trials.
+    """Run trials of ``plan`` until the study holds ``n_trials`` usable finished trials (for the
+    grid sampler: one on every point of the plan's grid).
 
     Safe to run in several processes at once against one storage, and to rerun after a crash:
     finished trials are kept, trials of dead workers are redone (see :mod:`gradkit.bench.execution.workers`).
@@ -58,7 +59,9 @@ def run_study(
 
     while True:
         workers.reap_stale(study, stale_after)
-        done, running = workers.live_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        done = plan.grid_points_done(trials)
+        running = _running(trials, plan)
         if done >= plan.n_trials:
             break
         if done + running >= plan.n_trials:
@@ -67,7 +70,7 @@ def run_study(
             continue
         trial = study.ask()
         workers.mark_owner(study, trial._trial_id)
-        if not workers.claim(study, trial.number, plan.n_trials):
+        if not _claim(study, trial.number, plan):
             workers.cancel(study, trial._trial_id)
             continue
         hp = suggest(trial, plan)
@@ -113,6 +116,24 @@ def run_study(
         study.tell(trial, value if math.isfinite(value) else float(plan.task.worst))
         emit("trial_done", {"number": trial.number, "value": value})
     return study
+
+
+def _running(trials: list[FrozenTrial], plan: StudyPlan) -> int:
+    """Running trials that count towards the plan (not cancelled, lr on the plan's grid)."""
+    return sum(
+        1
+        for t in trials
+        if t.state == TrialState.RUNNING
+        and not t.user_attrs.get("gradkit_cancelled")
+        and plan.counts(t)
+    )
+
+
+def _claim(study: optuna.Study, trial_number: int, plan: StudyPlan) -> bool:
+    """True if the trials before ``trial_number`` (grid points done, and running trials)
+    leave a slot of the plan's budget for it (see :mod:`gradkit.bench.execution.workers`)."""
+    ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial_number]
+    return plan.grid_points_done(ahead) + _running(ahead, plan) < plan.n_trials
 
 
 def _jsonable(hp: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import datetime
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -111,24 +112,33 @@ def reap_stale(study: optuna.Study, stale_after: float) -> int:
     return n
 
 
-def _counts(t: FrozenTrial) -> bool:
+#: Whether a trial counts towards the budget (see ``StudyPlan.counts``).
+Usable = Callable[[FrozenTrial], bool]
+
+
+def _counts(t: FrozenTrial, usable: Usable | None) -> bool:
     if t.user_attrs.get("gradkit_cancelled"):
         return False
-    return t.state == TrialState.COMPLETE or t.state == TrialState.RUNNING
+    if t.state not in (TrialState.COMPLETE, TrialState.RUNNING):
+        return False
+    return usable is None or usable(t)
 
 
-def live_trials(study: optuna.Study) -> tuple[int, int]:
-    """``(finished, running)`` counts, cancelled trials excluded."""
+def live_trials(study: optuna.Study, usable: Usable | None = None) -> tuple[int, int]:
+    """``(finished, running)`` counts; cancelled trials, and trials that ``usable`` rejects
+    (e.g. a finished one with a value or a seed's run missing), are left out."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    done = sum(1 for t in trials if t.state == TrialState.COMPLETE)
-    running = sum(1 for t in trials if t.state == TrialState.RUNNING and _counts(t))
+    done = sum(1 for t in trials if t.state == TrialState.COMPLETE and _counts(t, usable))
+    running = sum(1 for t in trials if t.state == TrialState.RUNNING and _counts(t, usable))
     return done, running
 
 
-def claim(study: optuna.Study, trial_number: int, n_trials: int) -> bool:
+def claim(
+    study: optuna.Study, trial_number: int, n_trials: int, usable: Usable | None = None
+) -> bool:
     """True if fewer than ``n_trials`` counted trials precede ``trial_number``."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    ahead = sum(1 for t in trials if t.number < trial_number and _counts(t))
+    ahead = sum(1 for t in trials if t.number < trial_number and _counts(t, usable))
     return ahead < n_trials
 
 

@@ -1,5 +1,13 @@
-"""The protocol of one study (fair tuning): every optimizer gets the same number of trials; each trial is one
-hyperparameter configuration trained over the same seeds.
+"""The protocol of one study (fair tuning): every optimizer gets the same number of trials; each
+trial is one hyperparameter configuration trained over the same seeds.
+
+A study's identity (:func:`study_name`) covers everything that makes its trials comparable:
+the budget (seeds, steps, batch size, schedule, lr range, sampler), the task's fingerprint
+(:func:`gradkit.bench.tasks.fingerprint.task_fingerprint`: model, data, scoring, version), the
+gradkit version and the device kind. The trial count is left out: raising ``--trials`` extends
+a study along the nested lr grid (:func:`gradkit.bench.protocol.sampler.nested_grid`), and a
+report uses exactly the planned grid points (:meth:`StudyPlan.lr_grid`), whatever more the
+study holds.
 
 The learning rate is searched in log scale over ``[low * default_lr, high * default_lr]``, where
 ``default_lr`` is the optimizer's own default (so each optimizer gets an interval of the same
@@ -21,13 +29,24 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import gradkit
 from gradkit.bench.protocol.optimizers import OptimizerSpec, default_lr, scaled_hyperparams
+from gradkit.bench.protocol.sampler import grid_index, nested_grid
 from gradkit.bench.tasks.interface import Task
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.trial import FrozenTrial
 
-__all__ = ["SAMPLERS", "SEARCHABLE", "StudyPlan", "make_sampler", "study_name", "suggest"]
+__all__ = [
+    "SAMPLERS",
+    "SEARCHABLE",
+    "StudyPlan",
+    "make_sampler",
+    "study_name",
+    "suggest",
+    "usable_trial",
+]
 
 #: Extra hyperparameters ``--search`` accepts, and how each is searched.
 SEARCHABLE: dict[str, str] = {
@@ -40,9 +59,21 @@ SEARCHABLE: dict[str, str] = {
 SAMPLERS = ("grid", "tpe", "random")
 
 
+def usable_trial(trial: FrozenTrial, seeds: list[int]) -> bool:
+    """True if a trial finished with a value and a stored run for every seed: only such trials
+    count towards the budget and enter a report (others are redone)."""
+    if trial.state.name != "COMPLETE" or trial.value is None or trial.value != trial.value:
+        return False
+    return all(isinstance(trial.user_attrs.get(f"run_seed{s}"), dict) for s in seeds)
+
+
 @dataclass
 class StudyPlan:
-    """One (task, optimizer) study and its budget."""
+    """One (task, optimizer) study and its budget.
+
+    ``task_fingerprint`` (computed on ``device_kind`` when not given), ``gradkit_version`` and
+    ``device_kind`` are part of the study's identity (see the module docstring).
+    """
 
     task: Task
     spec: OptimizerSpec
@@ -59,6 +90,51 @@ class StudyPlan:
     prefix: str = "gradkit"
     diagnose: list[str] = field(default_factory=list)
     diagnose_every: int | None = None
+    task_fingerprint: str | None = None
+    gradkit_version: str = gradkit.__version__
+    device_kind: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.task_fingerprint is None:
+            from gradkit.bench.tasks.fingerprint import task_fingerprint
+
+            self.task_fingerprint = task_fingerprint(self.task, self.device_kind)
+
+    def lr_grid(self) -> list[float] | None:
+        """The learning rates the grid sampler searches with ``n_trials`` trials (sorted), or
+        None for the other samplers."""
+        if self.sampler != "grid":
+            return None
+        return nested_grid(*self.lr_range(), self.n_trials)
+
+    def usable(self, trial: FrozenTrial) -> bool:
+        """:func:`usable_trial` with this plan's seeds."""
+        return usable_trial(trial, self.seeds)
+
+    def on_grid(self, trial: FrozenTrial) -> bool:
+        """True if the trial's lr is one of this plan's grid points (always true for the other
+        samplers, and for a running trial that has not picked its lr yet)."""
+        grid = self.lr_grid()
+        if grid is None or "lr" not in trial.params:
+            return True
+        return grid_index(grid, trial.params["lr"]) is not None
+
+    def counts(self, trial: FrozenTrial) -> bool:
+        """True if a trial counts towards this plan's budget: running, or finished and usable,
+        and on this plan's grid (a study extended to more trials, then run with fewer, holds
+        points that this plan does not use)."""
+        if trial.state.name == "COMPLETE" and not self.usable(trial):
+            return False
+        return self.on_grid(trial)
+
+    def grid_points_done(self, trials: list[FrozenTrial]) -> int:
+        """How many of the planned trials are done: distinct grid points held by usable trials
+        (grid sampler), or usable trials (other samplers)."""
+        done = [t for t in trials if t.state.name == "COMPLETE" and self.usable(t)]
+        grid = self.lr_grid()
+        if grid is None:
+            return len(done)
+        return len({grid_index(grid, t.params.get("lr", 0.0)) for t in done} - {None})
 
     def lr_range(self) -> tuple[float, float]:
         """The searched learning-rate interval: ``lr_factors`` x the optimizer's default."""
@@ -87,6 +163,10 @@ class StudyPlan:
             "lr_factors": list(self.lr_factors),
             "search": sorted(self.search),
             "sampler": self.sampler,
+            "grid": "nested-log" if self.sampler == "grid" else None,
+            "task_fingerprint": self.task_fingerprint,
+            "gradkit": self.gradkit_version,
+            "device": self.device_kind,
         }
         if self.diagnose:
             sig["diagnose"] = sorted(set(self.diagnose))
@@ -95,7 +175,7 @@ class StudyPlan:
 
 
 def study_name(plan: StudyPlan) -> str:
-    """``prefix:task:optimizer:hash`` where the hash covers the budget signature."""
+    """``prefix:task:optimizer:hash`` where the hash covers :meth:`StudyPlan.signature`."""
     digest = hashlib.sha1(json.dumps(plan.signature(), sort_keys=True).encode()).hexdigest()[:8]
     return f"{plan.prefix}:{plan.task.name}:{plan.spec.name}:{digest}"
 
@@ -107,7 +187,7 @@ def make_sampler(plan: StudyPlan) -> optuna.samplers.BaseSampler:
     from gradkit.bench.protocol.sampler import LogGridSampler
 
     if plan.sampler == "grid":
-        return LogGridSampler(plan.n_trials, "lr", seed=plan.sampler_seed)
+        return LogGridSampler(plan.n_trials, "lr", seed=plan.sampler_seed, usable=plan.usable)
     if plan.sampler == "tpe":
         return optuna.samplers.TPESampler(
             seed=plan.sampler_seed, n_startup_trials=max(2, plan.n_trials // 3)

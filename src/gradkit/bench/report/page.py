@@ -28,16 +28,69 @@ def _fmt(x: float, spec: str = ".4g") -> str:
 
 
 def rank(results: list[OptimizerResult]) -> list[dict[str, Any]]:
-    """Summaries sorted best first by mean final validation metric of the best configuration."""
+    """Summaries, best first by the mean final validation metric of the best configuration.
+
+    Only optimizers whose every planned trial is there are ranked (``"rank"`` 1, 2, ...);
+    incomplete ones follow, unranked (``"rank"`` None), so that no ranking compares optimizers
+    tuned on different numbers of trials.
+    """
     summaries = [r.summary() for r in results]
     task = results[0].task
     sign = -1.0 if task.higher_is_better else 1.0
 
-    def key(s: dict[str, Any]) -> float:
+    def key(s: dict[str, Any]) -> tuple[bool, float]:
         v = s.get("final_mean", math.nan)
-        return math.inf if v is None or math.isnan(v) else sign * v
+        return (not s["complete"], math.inf if v is None or math.isnan(v) else sign * v)
 
-    return sorted(summaries, key=key)
+    ordered = sorted(summaries, key=key)
+    for i, s in enumerate(ordered, 1):
+        s["rank"] = i if s["complete"] else None
+    return ordered
+
+
+def suggested_range(result: OptimizerResult) -> tuple[float, float] | None:
+    """For an under-tuned optimizer (best lr on the edge of the searched range), an
+    ``--lr-range`` of the same width centred on that edge; None otherwise."""
+    edge = result.edge()
+    if edge not in ("low", "high"):
+        return None
+    low, high = result.lr_factors
+    half = math.sqrt(high / low)
+    centre = high if edge == "high" else low
+    return centre / half, centre * half
+
+
+def notes(results: list[OptimizerResult]) -> list[str]:
+    """Warnings shown above a task's table: incomplete studies (not ranked) and under-tuned
+    optimizers (best lr on the edge of the searched range, with the range to search)."""
+    out: list[str] = []
+    for r in results:
+        if not r.complete:
+            missing = ", ".join(f"{lr:.3g}" for lr in r.missing_lrs)
+            out.append(
+                f"INCOMPLETE, not ranked: {r.optimizer} has {len(r.trials)} of {r.planned} "
+                "planned trials"
+                + (f" (no usable trial yet at lr {missing})" if missing else "")
+                + "; run the same command again without --report-only to finish them."
+            )
+    for r in results:
+        edge = r.edge()
+        if edge == "single":
+            out.append(
+                f"UNDER-TUNED: {r.optimizer} was run at one learning rate only; "
+                "use --trials 3 or more to search a range."
+            )
+        elif edge in ("low", "high"):
+            lo, hi = suggested_range(r)
+            lr = r.best.lr
+            word = "lowest" if edge == "low" else "highest"
+            out.append(
+                f"UNDER-TUNED: {r.optimizer}'s best lr {lr:.3g} is the {word} one searched "
+                f"(lr {r.lr_range[0]:.3g} to {r.lr_range[1]:.3g}, i.e. --lr-range "
+                f"{r.lr_factors[0]:g} {r.lr_factors[1]:g} x its default); its optimum may lie "
+                f"{'below' if edge == 'low' else 'above'}: search --lr-range {lo:.3g} {hi:.3g}."
+            )
+    return out
 
 
 def summary_table(results: list[OptimizerResult]) -> list[list[str]]:
@@ -53,31 +106,44 @@ def summary_table(results: list[OptimizerResult]) -> list[list[str]]:
         "steps to target",
         "time to target (s)",
         "train time (s)",
+        "step time (ms)",
+        "raw wall time to target (s)",
         "opt. step share",
         "opt. state (KiB)",
         "peak memory (MiB)",
         "trials x seeds",
     ]
     rows = [header]
-    for i, s in enumerate(rank(results), 1):
+    for s in rank(results):
+        place = str(s["rank"]) if s["rank"] is not None else "-"
+        trials = f"{s['trials']} x {s.get('seeds', 0)}"
+        if not s["complete"]:
+            trials = f"{s['trials']} of {s['planned_trials']} (INCOMPLETE) x {s.get('seeds', 0)}"
         if not s.get("trials"):
-            rows.append([str(i), s["optimizer"], "no finished trial"] + ["-"] * (len(header) - 3))
+            rows.append(
+                [place, s["optimizer"], "no finished trial"] + ["-"] * (len(header) - 4) + [trials]
+            )
             continue
+        lr = _fmt(s["lr"], ".3g")
+        if s["edge"] in ("low", "high", "single"):
+            lr += " (UNDER-TUNED: edge of range)" if s["edge"] != "single" else " (one lr only)"
         rows.append(
             [
-                str(i),
+                place,
                 s["optimizer"],
                 f"{_fmt(s['final_mean'])} ± {_fmt(s['final_ci'], '.2g')}",
                 f"{_fmt(s['best_mean'])} ± {_fmt(s['best_ci'], '.2g')}",
-                _fmt(s["lr"], ".3g"),
+                lr,
                 f"{s['reached']}/{s['seeds']}",
                 _fmt(s["steps_to_target"], ".4g"),
                 _fmt(s["time_to_target"], ".3g"),
                 _fmt(s["train_time"], ".3g"),
+                _fmt(1000 * s["step_time"], ".3g"),
+                _fmt(s["raw_time_to_target"], ".3g"),
                 f"{100 * s['step_time_share']:.0f}%",
                 _fmt(s["optimizer_state_bytes"] / 1024, ".1f"),
                 _fmt(s["peak_memory_bytes"] / 2**20, ".0f"),
-                f"{s['trials']} x {s['seeds']}",
+                trials,
             ]
         )
     return rows
@@ -100,7 +166,7 @@ def _html_table(rows: list[list[str]]) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}
 table{border-collapse:collapse;font-size:14px;margin:1em 0}td,th{border:1px solid #ccc;
 padding:4px 8px;text-align:right}th{background:#f3f3f3}td:nth-child(2){text-align:left;
-font-weight:600}img{max-width:100%;border:1px solid #eee;margin:.5em 0}code{background:#f5f5f5}"""
+font-weight:600}.warn{background:#fff3cd;border:1px solid #e0b000;padding:.5em}img{max-width:100%;border:1px solid #eee;margin:.5em 0}code{background:#f5f5f5}"""
 
 
 def _diagnostic_figures(
@@ -143,11 +209,14 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     md = ["# gradkit compare report", ""]
     body = ["<h1>gradkit compare report</h1>"]
-    setup = ", ".join(f"{k}: {v}" for k, v in meta.items() if k != "command")
-    md += [f"Command: `{meta.get('command', '')}`", "", setup, ""]
+    setup = [(k, str(v)) for k, v in meta.items() if k != "command"]
+    md += [f"Command: `{meta.get('command', '')}`", ""]
+    md += [f"- {k}: {v}" for k, v in setup] + [""]
     body += [
         f"<p>Command: <code>{html.escape(str(meta.get('command', '')))}</code></p>",
-        f"<p>{html.escape(setup)}</p>",
+        "<ul>"
+        + "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in setup)
+        + "</ul>",
     ]
     dump: dict[str, Any] = {"meta": meta, "tasks": {}, "trajectories": {}}
     for name, results in by_task.items():
@@ -165,14 +234,25 @@ def write_report(
             + (f"; published references: {refs}" if refs else "")
             + ". Ranked by the mean final metric of each optimizer's best configuration."
         )
-        md += [f"## {name}", "", intro, "", _markdown(rows), ""]
+        warn = notes(results)
+        timing = (
+            "Time to target and train time: steps x the per-step time of the calibration pass "
+            "(see 'how time was measured' above); raw wall time to target: measured while the "
+            "trials ran, so it depends on what else the machine was doing then."
+        )
+        md += [f"## {name}", "", intro, ""]
+        md += [f"> **{w}**" + "\n>" for w in warn] + ([""] if warn else [])
+        md += [_markdown(rows), "", timing, ""]
         md += [f"![{f.stem}]({f.name})" for f in figs] + [""]
-        body += [f"<h2>{html.escape(name)}</h2>", f"<p>{html.escape(intro)}</p>", _html_table(rows)]
+        body += [f"<h2>{html.escape(name)}</h2>", f"<p>{html.escape(intro)}</p>"]
+        body += [f'<p class="warn"><strong>{html.escape(w)}</strong></p>' for w in warn]
+        body += [_html_table(rows), f"<p>{html.escape(timing)}</p>"]
         body += [f'<img src="{f.name}" alt="{f.stem}">' for f in figs]
         for text, fig in _diagnostic_figures(name, results, out_dir):
             md += [text, "", f"![{fig.stem}]({fig.name})", ""]
             body += [f"<p>{html.escape(text)}</p>", f'<img src="{fig.name}" alt="{fig.stem}">']
         dump["tasks"][name] = {
+            "notes": warn,
             "ranking": rank(results),
             "trials": [
                 {

@@ -1,4 +1,11 @@
-"""Read a comparison back from the storage: trials, per-seed runs, summaries per optimizer."""
+"""Read a comparison back from the storage: the planned trials, per-seed runs, summaries.
+
+A report uses exactly the trials of the plan it is given: for the grid sampler, one usable trial
+on each point of the plan's lr grid (the earliest); for the other samplers, the first
+``n_trials`` usable trials. Trials a study holds beyond that (it ran with a larger ``--trials``
+before) are left out, so every optimizer is ranked on the same grid and the same number of
+trials; points that have no usable trial yet are listed in :attr:`OptimizerResult.missing_lrs`.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import optuna
 from optuna.trial import TrialState
 
 from gradkit.bench.execution.train import RunResult
+from gradkit.bench.protocol.plan import StudyPlan, study_name
+from gradkit.bench.protocol.sampler import grid_index
 from gradkit.bench.protocol.stats import mean_ci
 from gradkit.bench.tasks.interface import Task
 
@@ -29,50 +37,102 @@ class TrialResult:
 
 @dataclass
 class OptimizerResult:
-    """All finished trials of one optimizer on one task, and the summary of the best one."""
+    """The planned trials of one optimizer on one task, and the summary of the best one.
+
+    Attributes:
+        planned: the number of trials of the plan (``--trials``).
+        missing_lrs: grid points (learning rates) with no usable trial yet.
+        lr_range: the searched learning-rate interval.
+        lr_factors: the same interval relative to the optimizer's default lr (``--lr-range``).
+        step_time: seconds per training step from the calibration pass (see
+            :mod:`gradkit.bench.execution.timing`), or None when not calibrated.
+    """
 
     task: Task
     optimizer: str
     study_name: str
     trials: list[TrialResult] = field(default_factory=list)
+    planned: int = 0
+    missing_lrs: list[float] = field(default_factory=list)
+    lr_range: tuple[float, float] = (math.nan, math.nan)
+    lr_factors: tuple[float, float] = (math.nan, math.nan)
+    step_time: float | None = None
+
+    @property
+    def complete(self) -> bool:
+        """True if every planned trial is there."""
+        return len(self.trials) >= self.planned and not self.missing_lrs
 
     @property
     def best(self) -> TrialResult | None:
+        """The trial with the best objective (None without trials)."""
         if not self.trials:
             return None
         key = (lambda t: t.value) if self.task.higher_is_better else (lambda t: -t.value)
         return max(self.trials, key=key)
 
-    def summary(self) -> dict[str, Any]:
-        """Mean and 95% CI over the best trial's seeds of the metrics in the report."""
+    def edge(self) -> str | None:
+        """``"low"`` or ``"high"`` when the best lr is the lowest or highest one tried, so the
+        optimum may lie outside the searched range (under-tuned); ``"single"`` with one
+        trial; None otherwise."""
         best = self.best
         if best is None:
-            return {"optimizer": self.optimizer, "trials": 0}
+            return None
+        if len(self.trials) < 2:
+            return "single"
+        lrs = [t.lr for t in self.trials]
+        if math.isclose(best.lr, min(lrs), rel_tol=1e-9):
+            return "low"
+        if math.isclose(best.lr, max(lrs), rel_tol=1e-9):
+            return "high"
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        """Mean and 95% CI over the best trial's seeds of the metrics in the report.
+
+        Times: ``time_to_target`` and ``train_time`` are steps times :attr:`step_time` (the
+        calibrated seconds per step), NaN when not calibrated; ``raw_*`` are the wall times
+        measured while the trials ran (they depend on the machine's load at the time).
+        """
+        base = {
+            "optimizer": self.optimizer,
+            "trials": len(self.trials),
+            "planned_trials": self.planned,
+            "complete": self.complete,
+            "missing_lrs": list(self.missing_lrs),
+            "lr_range": list(self.lr_range),
+        }
+        best = self.best
+        if best is None:
+            return base
         runs = best.runs
         reached = [r for r in runs if r.steps_to_target is not None]
         final = mean_ci([r.final_val for r in runs])
         best_val = mean_ci([r.best_val for r in runs])
+        step_time = self.step_time if self.step_time is not None else math.nan
+        steps_to_target = mean_ci([r.steps_to_target for r in reached]) if reached else None
+        steps_done = [r.steps[-1] if r.steps else 0 for r in runs]
+        raw_ttt = mean_ci([r.time_to_target for r in reached]) if reached else (math.nan,) * 2
         return {
-            "optimizer": self.optimizer,
-            "trials": len(self.trials),
+            **base,
             "seeds": len(runs),
             "lr": best.lr,
+            "edge": self.edge(),
             "hyperparams": best.hyperparams,
             "final_mean": final[0],
             "final_ci": final[1],
             "best_mean": best_val[0],
             "best_ci": best_val[1],
             "reached": len(reached),
-            "steps_to_target": mean_ci([r.steps_to_target for r in reached])[0]
-            if reached
-            else math.nan,
-            "time_to_target": mean_ci([r.time_to_target for r in reached])[0]
-            if reached
-            else math.nan,
-            "time_to_target_ci": mean_ci([r.time_to_target for r in reached])[1]
-            if reached
-            else math.nan,
-            "train_time": mean_ci([r.train_time for r in runs])[0],
+            "steps_to_target": steps_to_target[0] if steps_to_target else math.nan,
+            "steps_to_target_ci": steps_to_target[1] if steps_to_target else math.nan,
+            "step_time": step_time,
+            "time_to_target": (steps_to_target[0] if steps_to_target else math.nan) * step_time,
+            "time_to_target_ci": (steps_to_target[1] if steps_to_target else math.nan) * step_time,
+            "train_time": mean_ci(steps_done)[0] * step_time,
+            "raw_time_to_target": raw_ttt[0],
+            "raw_time_to_target_ci": raw_ttt[1],
+            "raw_train_time": mean_ci([r.train_time for r in runs])[0],
             "step_time_share": mean_ci([r.step_time_share for r in runs])[0],
             "peak_memory_bytes": max(r.peak_memory_bytes for r in runs),
             "peak_memory_kind": runs[0].peak_memory_kind,
@@ -81,24 +141,51 @@ class OptimizerResult:
         }
 
 
-def load_result(
-    storage: optuna.storages.BaseStorage, study_name: str, task: Task, optimizer: str
-) -> OptimizerResult:
-    """Collect the finished trials of one study (cancelled and failed ones are skipped)."""
-    out = OptimizerResult(task=task, optimizer=optimizer, study_name=study_name)
+def _trial_result(t: Any) -> TrialResult:
+    runs = [
+        RunResult.from_dict(v)
+        for k, v in sorted(t.user_attrs.items())
+        if k.startswith("run_seed") and isinstance(v, dict)
+    ]
+    hp = t.user_attrs.get("gradkit_hyperparams", dict(t.params))
+    return TrialResult(t.number, float(t.params["lr"]), hp, float(t.value), runs)
+
+
+def load_result(storage: Any, plan: StudyPlan) -> OptimizerResult:
+    """The planned trials of ``plan``'s study (see the module docstring); failed, cancelled
+    and unusable trials (a value or a seed's run missing) are skipped."""
+    import optuna
+
+    name = study_name(plan)
+    out = OptimizerResult(
+        task=plan.task,
+        optimizer=plan.spec.name,
+        study_name=name,
+        planned=plan.n_trials,
+        lr_range=plan.lr_range(),
+        lr_factors=tuple(plan.lr_factors),
+    )
+    grid = plan.lr_grid()
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
+        study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
+        out.missing_lrs = list(grid or [])
         return out
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        runs = [
-            RunResult.from_dict(v)
-            for k, v in sorted(t.user_attrs.items())
-            if k.startswith("run_seed") and isinstance(v, dict)
-        ]
-        if not runs or t.value is None:
-            continue
-        hp = t.user_attrs.get("gradkit_hyperparams", dict(t.params))
-        out.trials.append(TrialResult(t.number, float(t.params["lr"]), hp, float(t.value), runs))
-    out.trials.sort(key=lambda tr: tr.lr)
+    usable = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if plan.usable(t) and "lr" in t.params
+    ]
+    usable.sort(key=lambda t: t.number)
+    if grid is None:
+        chosen = usable[: plan.n_trials]
+    else:
+        by_point: dict[int, Any] = {}
+        for t in usable:
+            idx = grid_index(grid, t.params["lr"])
+            if idx is not None and idx not in by_point:
+                by_point[idx] = t
+        chosen = [by_point[i] for i in sorted(by_point)]
+        out.missing_lrs = [lr for i, lr in enumerate(grid) if i not in by_point]
+    out.trials = sorted((_trial_result(t) for t in chosen), key=lambda tr: tr.lr)
     return out

@@ -48,6 +48,12 @@ class ClassificationData:
         self.y_val = y_val.to(device).long()
         self.eval_batch = eval_batch
 
+    def signature(self) -> str:
+        """SHA-1 of the four tensors (for the task fingerprint)."""
+        from gradkit.bench.tasks.fingerprint import hash_data
+
+        return hash_data(self.x_train, self.y_train, self.x_val, self.y_val)
+
     def sample_batch(self, generator: torch.Generator, batch_size: int) -> Any:
         idx = torch.randint(0, len(self.x_train), (batch_size,), generator=generator)
         idx = idx.to(self.x_train.device)

@@ -26,7 +26,8 @@ class TaskData(Protocol):
 
     ``sample_batch`` draws one training batch with the given generator (the harness seeds it, so
     every optimizer sees the same batches for the same seed); ``loss`` returns the scalar training
-    loss of a model on a batch; ``evaluate`` returns the validation metric of a model.
+    loss of a model on a batch; ``evaluate`` returns the validation metric of a model. Data may
+    also have ``signature() -> str`` (a digest of the data) for the task's fingerprint.
     """
 
     def sample_batch(self, generator: torch.Generator, batch_size: int) -> Any: ...
@@ -34,6 +35,10 @@ class TaskData(Protocol):
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor: ...
 
     def evaluate(self, model: nn.Module) -> float: ...
+
+
+# Optional for TaskData: ``signature() -> str``, a digest of the data (e.g. a hash of the
+# tensors); without it, the task fingerprint hashes the first training batches.
 
 
 @dataclass
@@ -59,6 +64,10 @@ class Task:
             paper's default.
         references: named reference values of the metric, drawn as lines in the report.
         worst: the metric value recorded for a diverged run (NaN or infinite loss).
+        version: the task definition's version; change it when the task changes in a way
+            its fingerprint cannot see (the loss function, data preprocessing inside
+            ``loss``), so that old studies are not reused. The model's structure, the data and
+            the scoring are fingerprinted anyway (:mod:`gradkit.bench.tasks.fingerprint`).
     """
 
     name: str
@@ -76,6 +85,7 @@ class Task:
     lr_factors: tuple[float, float] = (0.3, 30.0)
     references: dict[str, float] = field(default_factory=dict)
     worst: float | None = None
+    version: str = "1"
 
     def __post_init__(self) -> None:
         if self.worst is None:

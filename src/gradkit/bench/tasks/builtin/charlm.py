@@ -107,6 +107,12 @@ class CharLMData:
         starts = torch.arange(n) * stride
         self.val = torch.stack([val_t[s : s + context + 1] for s in starts.tolist()]).to(device)
 
+    def signature(self) -> str:
+        """SHA-1 of the training text and the validation windows (for the task fingerprint)."""
+        from gradkit.bench.tasks.fingerprint import hash_data
+
+        return hash_data(self.train, self.val)
+
     def sample_batch(self, generator: torch.Generator, batch_size: int) -> Any:
         starts = torch.randint(
             0, len(self.train) - self.context - 1, (batch_size,), generator=generator
