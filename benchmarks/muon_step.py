@@ -133,7 +133,7 @@ def reference_loop_step(params, bufs, lr=0.02, mu=0.95):
 
 def breakdown(times: dict, grads: list[torch.Tensor], args) -> None:
     """Where gradkit's time goes: stacking/normalizing vs the NS chain (eager and compiled)."""
-    from gradkit.transforms.orthogonalize import _ns_fn, _ns_loop
+    from gradkit.transforms.orthogonalize import CompileCache, _ns_loop
 
     buckets: dict = {}
     for g in grads:
@@ -151,7 +151,12 @@ def breakdown(times: dict, grads: list[torch.Tensor], args) -> None:
     xs = prep()
     times["breakdown: stack+normalize+cast"] = cuda_time(prep, args.iters, args.warmup)
     a, b, c = 3.4445, -4.7750, 2.0315
-    compiled = _ns_fn(True)
+    cache = CompileCache()
+
+    def compiled(x, *rest):
+        fn = cache.get(_ns_loop, (tuple(x.shape), x.dtype), dynamic=False, fullgraph=True)
+        return fn(x, *rest)
+
     times["breakdown: NS eager (bf16 stacks)"] = cuda_time(
         lambda: [_ns_loop(x, NS_STEPS, a, b, c) for x in xs], args.iters, args.warmup
     )
@@ -215,16 +220,10 @@ def main() -> int:
             table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
         print(table, flush=True)
     del opt
-    import gradkit.transforms.muon_update as mu
-
-    compiled_ns = mu._ns_fn
-    mu._ns_fn = lambda compiled: compiled_ns(False)  # same step, NS chain left to eager bmm
-    opt = Muon(ps, lr=0.02)
-    times["gradkit Muon step (eager NS)"] = cuda_time(stepper(opt, ps), args.iters, args.warmup)
-    mu._ns_fn = compiled_ns
-    del opt
     opt = Muon(ps, lr=0.02, fused=False)
-    times["gradkit Muon step (fused=False)"] = cuda_time(stepper(opt, ps), args.iters, args.warmup)
+    times["gradkit Muon step (fused=False: eager)"] = cuda_time(
+        stepper(opt, ps), args.iters, args.warmup
+    )
     grads = [p.grad for p in ps]
     times["gradkit orthogonalize only"] = cuda_time(
         lambda: orthogonalize(grads, NS_STEPS), args.iters, args.warmup

@@ -1,18 +1,23 @@
-"""``DistributedOrthogonalize``: Muon's orthogonalization with the matrices shared among ranks."""
+"""``OrthogonalizeOnRanks``: the placement of Muon's orthogonalizations on the ranks of a group.
+
+It is a parameter of the one Muon step (:class:`gradkit.transforms.muon_update.MuonUpdate`),
+which keeps the rule, the state and the compile policy; this module only decides which rank
+orthogonalizes which matrix and how the results reach every rank.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from gradkit.core.transform import State, StepContext, TensorList
-from gradkit.transforms.orthogonalize import QUINTIC, Orthogonalize, orthogonalize, shape_scale
+from gradkit.transforms.muon_update import OrthogonalizeLocally
 
-__all__ = ["DistributedOrthogonalize", "assign_owners"]
+__all__ = ["OrthogonalizeOnRanks", "assign_owners"]
 
 
 def _is_dtensor(t: Tensor) -> bool:
@@ -43,74 +48,93 @@ def assign_owners(shapes: Sequence[Sequence[int]], world_size: int) -> list[int]
     return owners
 
 
-class DistributedOrthogonalize(Orthogonalize):
-    """:class:`~gradkit.transforms.orthogonalize.Orthogonalize` where each rank orthogonalizes only
-    the matrices it owns and the results are exchanged (see :mod:`gradkit.distributed`).
+class OrthogonalizeOnRanks(OrthogonalizeLocally):
+    """Each matrix is orthogonalized by one rank of ``group`` (default: the world).
 
-    Same hyperparameters and result as the single-process transform. ``local_count`` counts the
-    matrices this rank has orthogonalized (for checks that no matrix is done twice).
-    ``group``: the process group (default: the world).
+    - Plain tensors (DDP: every rank holds the whole matrix and the averaged gradient): the
+      matrices are assigned to ranks by :func:`assign_owners`; each rank computes the steps of
+      its share and one ``all_gather`` of a flat buffer gives every rank all of them.
+    - DTensor shards (FSDP2 ``fully_shard``): every rank takes part in gathering the whole
+      update (``full_tensor``), only the owner iterates, and ``distribute_tensor(...,
+      src_data_rank=owner)`` re-shards the step.
+
+    Without an initialized process group it is :class:`OrthogonalizeLocally`. Copies share the
+    process group; pickling needs the default group (``group=None``).
     """
 
-    def __init__(
-        self,
-        coefficients: Sequence[float] = QUINTIC,
-        dtype: torch.dtype | None = None,
-        eps: float = 1e-7,
-        group: dist.ProcessGroup | None = None,
-    ) -> None:
-        super().__init__(coefficients, dtype, eps)
+    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
+        super().__init__()
         self.group = group
-        self.local_count = 0
+        self._owners: list[int] = []
 
-    def _ortho(self, mats: list[Tensor], steps: int) -> list[Tensor]:
-        self.local_count += len(mats)
-        if not mats:
-            return []
-        return orthogonalize(mats, steps, self.coefficients, eps=self.eps, dtype=self.dtype)
+    def _active(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
 
-    def update(
-        self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
-    ) -> TensorList:
-        steps = int(ctx.group["ns_steps"])
-        if not dist.is_available() or not dist.is_initialized():
-            out = self._ortho(list(updates), steps)
-        else:
-            world = dist.get_world_size(self.group)
-            rank = dist.get_rank(self.group)
-            owners = assign_owners([tuple(u.shape) for u in updates], world)
-            out = [None] * len(updates)
-            dense = [i for i, u in enumerate(updates) if not _is_dtensor(u)]
-            sharded = [i for i, u in enumerate(updates) if _is_dtensor(u)]
-            if dense:
-                self._exchange_dense(updates, dense, owners, rank, world, steps, out)
-            for i in sharded:
-                out[i] = self._owner_update_dtensor(updates[i], owners[i], rank, steps)
-        scale = ctx.group["scale"]
-        factors = [shape_scale(u.shape, scale) for u in updates]
-        if any(f != 1.0 for f in factors):
-            torch._foreach_mul_(out, factors)
-        return ctx.owned(out)
+    def owned(self, updates: Sequence[Tensor]) -> list[bool]:
+        if not self._active():
+            self._owners = [0] * len(updates)
+            return [True] * len(updates)
+        world = dist.get_world_size(self.group)
+        rank = dist.get_rank(self.group)
+        self._owners = assign_owners([tuple(u.shape) for u in updates], world)
+        return [o == rank for o in self._owners]
 
-    def _exchange_dense(self, updates, idx, owners, rank, world, steps, out) -> None:
-        mine = [i for i in idx if owners[i] == rank]
-        results = self._ortho([updates[i] for i in mine], steps)
+    def is_shard(self, u: Tensor) -> bool:
+        return _is_dtensor(u)
+
+    def full(self, u: Tensor) -> Tensor:
+        return u.full_tensor()
+
+    def share(self, updates: Sequence[Tensor], steps: list[Tensor | None]) -> list[Tensor]:
+        if not self._active():
+            return steps  # type: ignore[return-value]
+        rank = dist.get_rank(self.group)
+        world = dist.get_world_size(self.group)
+        out: list[Tensor | None] = list(steps)
+        dense = [i for i, u in enumerate(updates) if not _is_dtensor(u)]
+        if dense:
+            self._exchange_dense(updates, dense, steps, rank, world, out)
+        for i, u in enumerate(updates):
+            if _is_dtensor(u):
+                out[i] = self._reshard(u, steps[i], self._owners[i], rank)
+        return out  # type: ignore[return-value]
+
+    def _exchange_dense(self, updates, idx, steps, rank, world, out) -> None:  # noqa: ANN001
+        owners = self._owners
         ref = updates[idx[0]]
         sizes = [sum(updates[i].numel() for i in idx if owners[i] == r) for r in range(world)]
         flat = torch.zeros(max(sizes), dtype=ref.dtype, device=ref.device)
-        if results:
-            torch.cat([r.reshape(-1) for r in results], out=flat[: sizes[rank]])
+        mine = [steps[i] for i in idx if owners[i] == rank]
+        if mine:
+            torch.cat([s.reshape(-1).to(ref.dtype) for s in mine], out=flat[: sizes[rank]])
         gathered = [torch.empty_like(flat) for _ in range(world)]
         dist.all_gather(gathered, flat, group=self.group)
         offsets = [0] * world
         for i in idx:
             r, n = owners[i], updates[i].numel()
             out[i] = gathered[r][offsets[r] : offsets[r] + n].view(updates[i].shape)
+            out[i] = out[i].to(updates[i].dtype)
             offsets[r] += n
 
-    def _owner_update_dtensor(self, u: Tensor, owner: int, rank: int, steps: int) -> Tensor:
+    def _reshard(self, u: Tensor, step: Tensor | None, owner: int, rank: int) -> Tensor:
         from torch.distributed.tensor import distribute_tensor
 
-        full = u.full_tensor()  # every rank takes part in the gather; only the owner iterates
-        result = self._ortho([full], steps)[0] if rank == owner else torch.empty_like(full)
-        return distribute_tensor(result, u.device_mesh, u.placements, src_data_rank=owner)
+        if rank != owner or step is None:
+            step = torch.empty(u.shape, dtype=u.dtype, device=u.to_local().device)
+        return distribute_tensor(
+            step.contiguous(), u.device_mesh, u.placements, src_data_rank=owner
+        )
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OrthogonalizeOnRanks:
+        return OrthogonalizeOnRanks(self.group)
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self.group is not None:
+            raise TypeError(
+                "an OrthogonalizeOnRanks with an explicit process group cannot be pickled (a "
+                "ProcessGroup is a live connection); rebuild the optimizer and load its state dict"
+            )
+        return {"group": None, "local_count": self.local_count, "_owners": []}
+
+    def __repr__(self) -> str:
+        return f"OrthogonalizeOnRanks(group={self.group!r})"

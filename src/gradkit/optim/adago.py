@@ -17,8 +17,6 @@ by ``v``; gradkit follows the paper (see docs/differences).
 
 from __future__ import annotations
 
-from typing import Any
-
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim.muon import GeometryAwareOptimizer
 from gradkit.optim.registry import register_optimizer
@@ -38,15 +36,16 @@ __all__ = ["AdaGO"]
 class AdaGO(GeometryAwareOptimizer):
     """Orthogonalized momentum with an AdaGrad-norm step size; AdamW for non-matrix parameters.
 
-    Hyperparameters: ``lr`` (5e-2), ``momentum`` (0.95), ``nesterov`` (False), ``gamma`` (10),
-    ``eps`` (5e-4, step-size floor), ``v`` (1e-6, initial accumulator), ``ns_steps`` (5),
-    ``scale`` ("none"), ``weight_decay`` (0), and the ``adamw_*`` ones of ``muon``.
+    Group hyperparameters: ``lr`` (5e-2), ``momentum`` (0.95), ``nesterov`` (False), ``gamma``
+    (10), ``eps`` (5e-4, step-size floor), ``v`` (1e-6, initial accumulator), ``ns_steps`` (5),
+    ``scale`` ("none"), ``weight_decay`` (0). Construction options: the ``adamw_*`` ones of
+    ``muon`` and ``fused`` (compile the Newton-Schulz iteration: None on CUDA only).
 
     Recipe (matrix groups): ``chain(EMAMomentum, Orthogonalize, DecoupledWeightDecay,
     ScaleByAdaGradNorm)``.
     """
 
-    matrix_defaults = {
+    hyperparameters = {
         "lr": 5e-2,
         "momentum": 0.95,
         "nesterov": False,
@@ -58,5 +57,7 @@ class AdaGO(GeometryAwareOptimizer):
         "weight_decay": 0.0,
     }
 
-    def matrix_recipe(self, **hp: Any) -> GradientTransformation:
-        return chain(EMAMomentum(), Orthogonalize(), DecoupledWeightDecay(), ScaleByAdaGradNorm())
+    def matrix_recipe(self, *, fused: bool | None) -> GradientTransformation:
+        return chain(
+            EMAMomentum(), Orthogonalize(fused=fused), DecoupledWeightDecay(), ScaleByAdaGradNorm()
+        )

@@ -12,7 +12,8 @@ step counters do not advance). AdamW parameters are updated every step. Schedule
 
 Gruntkowska, Maziane, Qu & Richtarik, "Drop-Muon: Update Less, Converge Faster", arXiv
 2510.02239. ``seed`` makes the draws reproducible; the generator's state is saved in
-``state_dict()`` under ``"drop_rng"``.
+``state_dict()`` under ``"drop_rng"``. ``schedule``, ``keep_prob`` and ``seed`` are construction
+options (fixed for the optimizer, never in param groups).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradkit.core.hyperparams import choice, integer, interval
 from gradkit.optim.muon import Muon
 from gradkit.optim.registry import register_optimizer
 
@@ -38,34 +40,25 @@ _SCHEDULES = ("progressive", "uniform")
 class DropMuon(Muon):
     """Muon on a random subset of the hidden matrices per step (see module docstring).
 
-    Hyperparameters: those of ``muon`` plus ``schedule`` ("progressive" | "uniform"),
-    ``keep_prob`` (in (0, 1], uniform schedule) and ``seed`` (int or None). After each step
-    ``last_sampled`` holds the indices (into the list of Muon parameters) that were updated.
+    Group hyperparameters: those of ``muon``. Construction options: those of ``muon`` plus
+    ``schedule`` ("progressive" | "uniform"), ``keep_prob`` (in (0, 1], uniform schedule) and
+    ``seed`` (int or None). After each step ``last_sampled`` holds the indices (into the list of
+    Muon parameters) that were updated.
     """
 
-    matrix_defaults = {
-        **Muon.matrix_defaults,
-        "schedule": "progressive",
-        "keep_prob": 0.5,
-        "seed": None,
-    }
+    options = (
+        *Muon.options,
+        choice("schedule", "progressive", _SCHEDULES),
+        interval("keep_prob", 0.5, 0.0, 1.0, low_open=True),
+        integer("seed", None, allow_none=True),
+    )
 
-    def __init__(self, params: Any, **hyperparams: Any) -> None:
-        hp = {**self.default_hyperparameters, **hyperparams}
-        if hp["schedule"] not in _SCHEDULES:
-            raise ValueError(
-                f"Invalid schedule: {hp['schedule']!r}; schedule must be one of {_SCHEDULES!r}"
-            )
-        kp = hp["keep_prob"]
-        if isinstance(kp, bool) or not isinstance(kp, (int, float)) or not 0 < kp <= 1:
-            raise ValueError(f"Invalid keep_prob: {kp!r}; keep_prob must be in (0, 1]")
-        seed = hp["seed"]
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"Invalid seed: {seed!r}; seed must be an int or None")
-        super().__init__(params, **hyperparams)
-        self._schedule = hp["schedule"]
-        self._keep_prob = float(kp)
+    def __init__(self, params: Any, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self._schedule = self.options["schedule"]
+        self._keep_prob = float(self.options["keep_prob"])
         self._rng = torch.Generator()
+        seed = self.options["seed"]
         if seed is None:
             self._rng.seed()
         else:

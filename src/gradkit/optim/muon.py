@@ -23,6 +23,13 @@ Which parameter takes which update:
 - ``Muon(groups)``: a group with ``use_muon`` set keeps it; one without is split by ``ndim``.
   AdamW groups read ``lr``, ``betas``, ``eps`` and ``weight_decay`` from the group, defaulting to
   ``adamw_lr``, ``adamw_betas``, ``adamw_eps`` and ``adamw_wd``.
+
+Settings come in two kinds (:mod:`gradkit.core.hyperparams`). Group hyperparameters (``lr``,
+``momentum``, ``nesterov``, ``ns_steps``, ``scale``, ``weight_decay``) are read from each group
+every step. Construction options are fixed for the optimizer: ``adamw_lr``, ``adamw_betas``,
+``adamw_eps``, ``adamw_wd`` (the values the AdamW groups take when the parameters are split;
+afterwards those groups' ``lr``, ``betas``, ... are live like any other), ``ns_dtype``,
+``orthogonalize_on`` and the ``fused`` and ``nonfinite`` options of every optimizer.
 """
 
 from __future__ import annotations
@@ -33,31 +40,24 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from gradkit.core.hyperparams import betas, interval
+from gradkit.core.hyperparams import Hyperparameter, betas, choice, interval
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim._base import RecipeOptimizer
 from gradkit.optim.registry import register_optimizer
 from gradkit.roles import ParamRole, param_groups_by_role
 from gradkit.transforms.decay import DecoupledWeightDecay
-from gradkit.transforms.ema_momentum import EMAMomentum
 from gradkit.transforms.moments import ScaleByAdam
-from gradkit.transforms.muon_update import MuonUpdate
-from gradkit.transforms.orthogonalize import Orthogonalize
+from gradkit.transforms.muon_update import MuonUpdate, OrthogonalizeLocally
 from gradkit.transforms.partition import PartitionByFlag
 from gradkit.transforms.scaling import ScaleByLearningRate
 
-__all__ = ["GeometryAwareOptimizer", "Muon", "MATRIX_ROLES"]
+__all__ = ["GeometryAwareOptimizer", "Muon", "MATRIX_ROLES", "NS_DTYPE", "ORTHOGONALIZE_ON"]
 
 #: roles that take the geometry-aware (matrix) update in ``from_module``
 MATRIX_ROLES = (ParamRole.HIDDEN_MATRIX, ParamRole.CONV_FILTER)
 
-_ADAMW_DEFAULTS: dict[str, Any] = {
-    "adamw_lr": 3e-4,
-    "adamw_betas": (0.9, 0.95),
-    "adamw_eps": 1e-10,
-    "adamw_wd": 0.0,
-}
-_ADAMW_SPECS = (
+#: construction options: the AdamW groups' values at split time
+ADAMW_OPTIONS: tuple[Hyperparameter, ...] = (
     interval("adamw_lr", 3e-4, 0.0),
     betas("adamw_betas", (0.9, 0.95)),
     interval("adamw_eps", 1e-10, 0.0, low_open=True),
@@ -69,31 +69,50 @@ _ADAMW_KEYS = {
     "adamw_eps": "eps",
     "adamw_wd": "weight_decay",
 }
+#: construction option: the Newton-Schulz iteration's dtype (None: bfloat16 on CUDA, else float32)
+NS_DTYPE = choice(
+    "ns_dtype", None, (None, torch.float32, torch.float64, torch.bfloat16, torch.float16)
+)
+#: construction option: where the orthogonalization runs. ``"local"``: every matrix on this
+#: process; ``"ranks"``: each matrix on one rank of the process group, results exchanged (DDP and
+#: FSDP2, see :mod:`gradkit.distributed`; plain local work when no process group is initialized)
+ORTHOGONALIZE_ON = choice("orthogonalize_on", "local", ("local", "ranks"))
+
+
+def compile_switch(fused: Any, name: str) -> bool | None:
+    """The matrix step's compile switch from the ``fused`` option (same math either way):
+    None (default: compiled on CUDA), True or ``"compile"`` (compiled everywhere), False."""
+    if fused == "flat":
+        raise ValueError(
+            f"Invalid fused: 'flat'; {name}'s matrix update has no flat-buffer form: use "
+            "fused=None (compiled on CUDA), True / 'compile' (compiled everywhere) or False"
+        )
+    return None if fused is None else fused in (True, "compile")
 
 
 class GeometryAwareOptimizer(RecipeOptimizer):
     """A matrix update (``matrix_recipe``) for ``use_muon`` groups and AdamW for the others.
 
-    Subclasses set ``matrix_defaults`` (their own hyperparameters with the paper's defaults) and
-    ``matrix_recipe``. See the module docstring for how parameters are split.
+    Subclasses declare ``hyperparameters`` (their matrix update's defaults), ``options``
+    (starting with :data:`ADAMW_OPTIONS`) and ``matrix_recipe(*, fused, **options)``, which
+    receives their own construction options (not the ``adamw_*`` ones) and the compile switch
+    from ``fused`` (None, True or False). See the module docstring for how parameters are split.
     """
 
-    matrix_defaults: ClassVar[dict[str, Any]] = {}
-    default_hyperparameters: ClassVar[dict[str, Any]] = {}
+    options: ClassVar[tuple[Hyperparameter, ...]] = ADAMW_OPTIONS
+    recipe_takes_fused: ClassVar[bool] = True
+    #: older state layouts of the matrix branch (see ``PartitionByFlag.legacy_aliases``)
+    legacy_matrix_aliases: ClassVar[Mapping[str, str]] = {}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.default_hyperparameters = {**cls.matrix_defaults, **_ADAMW_DEFAULTS}
-
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], **hyperparams: Any):
-        hp = {**self.default_hyperparameters, **hyperparams}
-        for spec in _ADAMW_SPECS:
-            spec.validate(hp[spec.name])
-        groups = self._split(params, hp)
-        super().__init__(groups, **hyperparams)
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], **kwargs: Any):
+        adamw = {}
+        for spec in ADAMW_OPTIONS:
+            adamw[spec.name] = kwargs.get(spec.name, spec.default)
+            spec.validate(adamw[spec.name])
+        super().__init__(self._split(params, adamw), **kwargs)
 
     @staticmethod
-    def _split(params: Iterable[Any], hp: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _split(params: Iterable[Any], adamw: Mapping[str, Any]) -> list[dict[str, Any]]:
         items = list(params)
         if not items:
             raise ValueError("optimizer got an empty parameter list")
@@ -114,7 +133,7 @@ class GeometryAwareOptimizer(RecipeOptimizer):
         for g in groups:
             if not g["use_muon"]:
                 for src, dst in _ADAMW_KEYS.items():
-                    g.setdefault(dst, hp[src])
+                    g.setdefault(dst, adamw[src])
         return groups
 
     @classmethod
@@ -124,7 +143,7 @@ class GeometryAwareOptimizer(RecipeOptimizer):
         *,
         head: str | Iterable[str] | None = None,
         overrides: Mapping[str, ParamRole | str] | None = None,
-        **hyperparams: Any,
+        **kwargs: Any,
     ) -> GeometryAwareOptimizer:
         """Build the optimizer for ``model``: hidden matrices and conv filters take the matrix
         update, embeddings, the output head, gains and biases AdamW (split by
@@ -132,14 +151,27 @@ class GeometryAwareOptimizer(RecipeOptimizer):
         groups = param_groups_by_role(model, head=head, overrides=overrides)
         for g in groups:
             g["use_muon"] = ParamRole(g["role"]) in MATRIX_ROLES
-        return cls(groups, **hyperparams)
+        return cls(groups, **kwargs)
 
-    def matrix_recipe(self, **hp: Any) -> GradientTransformation:
+    def matrix_recipe(self, *, fused: bool | None, **options: Any) -> GradientTransformation:
         raise NotImplementedError
 
-    def recipe(self, **hp: Any) -> GradientTransformation:
+    def recipe(self, *, fused: Any, **options: Any) -> GradientTransformation:
+        own = {k: v for k, v in options.items() if k not in _ADAMW_KEYS}
+        matrix = self.matrix_recipe(fused=compile_switch(fused, type(self).__name__), **own)
         adamw = chain(ScaleByAdam(), DecoupledWeightDecay(), ScaleByLearningRate())
-        return PartitionByFlag("use_muon", self.matrix_recipe(**hp), adamw)
+        return PartitionByFlag("use_muon", matrix, adamw, legacy_aliases=self.legacy_matrix_aliases)
+
+    @property
+    def orthogonalizer(self) -> Any:
+        """The placement of the orthogonalization (its ``local_count`` counts the matrices this
+        process has orthogonalized), or None for a method without :class:`MuonUpdate`."""
+        for t in self.transform.transforms:
+            for branch in getattr(t, "branches", {}).values():
+                for sub in branch.transforms:
+                    if isinstance(sub, MuonUpdate):
+                        return sub.orthogonalize_on
+        return None
 
 
 @register_optimizer(
@@ -151,37 +183,51 @@ class Muon(GeometryAwareOptimizer):
     """Momentum, then Newton-Schulz orthogonalization of each hidden matrix's update; AdamW for
     the other parameters. Update rule and parameter split: see :mod:`gradkit.optim.muon`.
 
-    Hyperparameters: ``lr`` (0.02), ``momentum`` (0.95), ``nesterov`` (True), ``ns_steps`` (5),
-    ``scale`` ("spectral" | "rms" | "none"), ``weight_decay`` (0, decoupled: ``p <- (1 - lr wd)
-    p``), and ``adamw_lr`` (3e-4), ``adamw_betas`` ((0.9, 0.95)), ``adamw_eps`` (1e-10),
-    ``adamw_wd`` (0) for the AdamW groups. ``ns_dtype`` chooses the iteration's dtype (None:
-    bfloat16 on CUDA, float32 on CPU).
+    Group hyperparameters: ``lr`` (0.02), ``momentum`` (0.95), ``nesterov`` (True), ``ns_steps``
+    (5), ``scale`` ("spectral" | "rms" | "none"), ``weight_decay`` (0, decoupled: ``p <- (1 - lr
+    wd) p``). Construction options: ``adamw_lr`` (3e-4), ``adamw_betas`` ((0.9, 0.95)),
+    ``adamw_eps`` (1e-10), ``adamw_wd`` (0) for the AdamW groups; ``ns_dtype`` (the iteration's
+    dtype; None: bfloat16 on CUDA, float32 on CPU; float64 runs the normalization and iteration
+    in float64 from the input on); ``orthogonalize_on`` ("local", or "ranks" to share the
+    orthogonalizations among the ranks of a process group: see
+    :class:`gradkit.distributed.DistributedMuon`); ``fused`` (the same math, compiled: None on
+    CUDA only, True / "compile" everywhere, False never) and ``nonfinite``.
 
-    Recipe (matrix groups): ``chain(EMAMomentum, Orthogonalize, DecoupledWeightDecay,
-    ScaleByLearningRate)`` with ``fused=False``; the default ``fused=True`` runs the same rule as
-    ``chain(DecoupledWeightDecay, MuonUpdate)`` (momentum, look-ahead, stacking and normalization
-    in one compiled function per shape on CUDA; the two forms' state dicts use different keys).
+    Recipe (matrix groups): ``chain(DecoupledWeightDecay, MuonUpdate)``, MuonUpdate doing
+    momentum, look-ahead, orthogonalization and scaling batched by matrix shape. The state of a
+    matrix is ``momentum_buffer``; gradkit 0.1 checkpoints (``"0.T.1.momentum_buffer"``, or
+    ``"0.T.0.momentum_buffer"`` from ``fused=False``) load.
     """
 
-    matrix_defaults = {
+    hyperparameters = {
         "lr": 0.02,
         "momentum": 0.95,
         "nesterov": True,
         "ns_steps": 5,
         "scale": "spectral",
         "weight_decay": 0.0,
-        "ns_dtype": None,
-        "fused": True,
     }
+    options = (*ADAMW_OPTIONS, NS_DTYPE, ORTHOGONALIZE_ON)
+    # gradkit 0.1's fused=False chain kept the momentum at position 0 (EMAMomentum first)
+    legacy_matrix_aliases = {"T.0.momentum_buffer": "T.1.momentum_buffer"}
 
-    def matrix_recipe(self, **hp: Any) -> GradientTransformation:
-        dtype = hp.get("ns_dtype")
-        if dtype is not None and not isinstance(dtype, torch.dtype):
-            raise ValueError(f"Invalid ns_dtype: {dtype!r}; ns_dtype must be a torch.dtype or None")
-        if not isinstance(hp.get("fused", True), bool):
-            raise ValueError(f"Invalid fused: {hp['fused']!r}; fused must be True or False")
-        if hp.get("fused", True):
-            return chain(DecoupledWeightDecay(), MuonUpdate(dtype=dtype))
+    def placement(self, orthogonalize_on: str, **options: Any) -> OrthogonalizeLocally:
+        """The placement object for ``orthogonalize_on``."""
+        if orthogonalize_on == "local":
+            return OrthogonalizeLocally()
+        from gradkit.distributed.orthogonalize import OrthogonalizeOnRanks
+
+        return OrthogonalizeOnRanks(options.get("process_group"))
+
+    def matrix_recipe(
+        self,
+        *,
+        fused: bool | None,
+        ns_dtype: torch.dtype | None,
+        orthogonalize_on: str,
+        **options: Any,
+    ) -> GradientTransformation:
+        where = self.placement(orthogonalize_on, **options)
         return chain(
-            EMAMomentum(), Orthogonalize(dtype=dtype), DecoupledWeightDecay(), ScaleByLearningRate()
+            DecoupledWeightDecay(), MuonUpdate(dtype=ns_dtype, fused=fused, orthogonalize_on=where)
         )

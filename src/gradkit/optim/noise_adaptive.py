@@ -19,8 +19,6 @@ group are gradkit's reading of the abstract; see docs/differences.
 
 from __future__ import annotations
 
-from typing import Any
-
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim.muon import GeometryAwareOptimizer
 from gradkit.optim.registry import register_optimizer
@@ -42,15 +40,16 @@ __all__ = ["NoiseAdaptiveMuon"]
 class NoiseAdaptiveMuon(GeometryAwareOptimizer):
     """Muon (or another LMO) with noise-adaptive per-layer learning rates; AdamW for the rest.
 
-    Hyperparameters: ``lr`` (0.02), ``momentum`` (0.95), ``nesterov`` (False), ``beta2`` (0.99),
-    ``noise_delta`` (1e-12), ``norm`` ("spectral"), ``ns_steps`` (5), ``scale`` ("spectral"),
-    ``weight_decay`` (0), and the ``adamw_*`` ones of ``muon``.
+    Group hyperparameters: ``lr`` (0.02), ``momentum`` (0.95), ``nesterov`` (False), ``beta2``
+    (0.99), ``noise_delta`` (1e-12), ``norm`` ("spectral"), ``ns_steps`` (5), ``scale``
+    ("spectral"), ``weight_decay`` (0). Construction options: the ``adamw_*`` ones of ``muon``
+    and ``fused`` (compile the Newton-Schulz iteration: None on CUDA only).
 
     Recipe (matrix groups): ``chain(NoiseAdaptiveDirection, ScaleByShape, DecoupledWeightDecay,
     ScaleByLearningRate)``.
     """
 
-    matrix_defaults = {
+    hyperparameters = {
         "lr": 0.02,
         "momentum": 0.95,
         "nesterov": False,
@@ -62,7 +61,10 @@ class NoiseAdaptiveMuon(GeometryAwareOptimizer):
         "weight_decay": 0.0,
     }
 
-    def matrix_recipe(self, **hp: Any) -> GradientTransformation:
+    def matrix_recipe(self, *, fused: bool | None) -> GradientTransformation:
         return chain(
-            NoiseAdaptiveDirection(), ScaleByShape(), DecoupledWeightDecay(), ScaleByLearningRate()
+            NoiseAdaptiveDirection(fused=fused),
+            ScaleByShape(),
+            DecoupledWeightDecay(),
+            ScaleByLearningRate(),
         )

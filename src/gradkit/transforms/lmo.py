@@ -25,7 +25,12 @@ from torch import Tensor
 
 from gradkit.core.hyperparams import choice, integer
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
-from gradkit.transforms.orthogonalize import QUINTIC, orthogonalize
+from gradkit.transforms.orthogonalize import (
+    QUINTIC,
+    CompileCache,
+    compile_backend,
+    orthogonalize,
+)
 
 __all__ = ["NORMS", "steepest_direction", "dual_norm", "SteepestDirection"]
 
@@ -40,11 +45,21 @@ def steepest_direction(
     coefficients: Sequence[float] = QUINTIC,
     eps: float = 1e-12,
     dtype: torch.dtype | None = None,
+    fused: bool | None = None,
+    cache: CompileCache | None = None,
+    backend: str = "inductor",
 ) -> list[Tensor]:
-    """The unit-norm steepest-ascent direction of every tensor under ``norm`` (see module doc)."""
+    """The unit-norm steepest-ascent direction of every tensor under ``norm`` (see module doc).
+
+    ``fused``, ``cache`` and ``backend``: compiling the spectral direction's iteration, as in
+    :func:`gradkit.transforms.orthogonalize.orthogonalize`.
+    """
     updates = list(updates)
     if norm == "spectral":
-        return orthogonalize(updates, ns_steps, coefficients, dtype=dtype)
+        return orthogonalize(
+            updates, ns_steps, coefficients, dtype=dtype, fused=fused, cache=cache,
+            backend=backend,
+        )  # fmt: skip
     if norm == "l2":
         norms = torch._foreach_norm(updates)
         torch._foreach_clamp_min_(norms, eps)
@@ -74,17 +89,28 @@ class SteepestDirection(GradientTransformation):
 
     Hyperparameter ``norm`` ("spectral", "l2" or "linf"); with "spectral" also ``ns_steps``
     (read when present, default 5). Tensors are treated one at a time (layer-wise norms).
+    Complex parameters are refused (a matrix norm's direction has no meaning on the real view).
+    ``fused``: compile the spectral direction's iteration (None: on CUDA only).
     """
 
     flat_ok = False
+    complex_ok = False
     hyperparameters = (
         choice("norm", "spectral", NORMS),
         integer("ns_steps", 5, low=1, high=100),
     )
 
-    def __init__(self, coefficients: Sequence[float] = QUINTIC, dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        coefficients: Sequence[float] = QUINTIC,
+        dtype: torch.dtype | None = None,
+        *,
+        fused: bool | None = None,
+    ) -> None:
         self.coefficients = tuple(coefficients)
         self.dtype = dtype
+        self.fused = fused
+        self.cache = CompileCache()
 
     def update(
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
@@ -95,5 +121,8 @@ class SteepestDirection(GradientTransformation):
             ns_steps=ctx.group["ns_steps"],
             coefficients=self.coefficients,
             dtype=self.dtype,
+            fused=self.fused,
+            cache=self.cache,
+            backend=compile_backend(ctx),
         )
         return ctx.owned(out)

@@ -16,13 +16,21 @@ speed over precision). The cubic coefficients ``(1.5, -0.5, 0)`` converge to exa
 Matrices of the same shape are stacked and iterated together with batched matrix products (one
 ``bmm`` chain per shape), in bfloat16 on CUDA and float32 elsewhere. Tensors with more than two
 dimensions (conv filters ``(out, in, kh, kw)``) are viewed as ``(out, in*kh*kw)`` matrices.
+
+``fused=True`` runs the iteration through ``torch.compile`` (the same math, faster on GPU). The
+compiled functions live in a :class:`CompileCache` that belongs to one owner (a transform, hence
+one optimizer), one compiled copy per matrix shape: nothing is shared by the whole process, so no
+number of shapes or optimizers in a process exhausts ``torch.compile``'s recompile limit.
 """
 
 from __future__ import annotations
 
 import math
+import types
+import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,6 +41,7 @@ from gradkit.core.transform import GradientTransformation, State, StepContext, T
 __all__ = [
     "QUINTIC",
     "CUBIC",
+    "CompileCache",
     "newton_schulz",
     "orthogonalize",
     "shape_scale",
@@ -49,7 +58,49 @@ CUBIC: tuple[float, float, float] = (1.5, -0.5, 0.0)
 _NS_STEPS = integer("ns_steps", 5, low=1, high=100)
 _SHAPE_SCALE = choice("scale", "spectral", ("spectral", "rms", "none"))
 
-_COMPILED: dict[tuple, object] = {}
+
+class CompileCache:
+    """Compiled functions of one owner (a transform, hence one optimizer), one per key.
+
+    ``get(fn, key)`` compiles a fresh copy of ``fn``'s code object for every new ``key`` (a
+    matrix shape, dtype and device): ``torch.compile`` keeps its guards and its recompile limit
+    per code object, so every entry compiles once and never counts against another's limit, and
+    two optimizers never share an entry. Copies and pickles of the owner start with an empty
+    cache (compiled functions neither copy nor pickle).
+    """
+
+    def __init__(self) -> None:
+        self._fns: dict[Hashable, Callable[..., Any]] = {}
+
+    def get(
+        self, fn: Callable[..., Any], key: Hashable, backend: str = "inductor", **options: Any
+    ) -> Callable[..., Any]:
+        """The compiled copy of ``fn`` for ``key`` (made on first use)."""
+        full = (fn.__qualname__, key, backend)
+        compiled = self._fns.get(full)
+        if compiled is None:
+            fresh = types.FunctionType(
+                fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
+                fn.__closure__,
+            )  # fmt: skip
+            compiled = torch.compile(fresh, backend=backend, **options)
+            self._fns[full] = compiled
+        return compiled
+
+    def __len__(self) -> int:
+        return len(self._fns)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_fns": {}}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CompileCache:
+        return CompileCache()
+
+
+def _norm_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of the Frobenius normalization: float64 for a float64 iteration (no rounding of the
+    input to float32 first), else float32 (bf16 norms of large matrices lose digits)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _ns_loop(x: Tensor, steps: int, a: float, b: float, c: float) -> Tensor:
@@ -65,14 +116,24 @@ def _ns_loop(x: Tensor, steps: int, a: float, b: float, c: float) -> Tensor:
     return x
 
 
-def _ns_fn(compile_loop: bool):
-    if not compile_loop:
-        return _ns_loop
-    fn = _COMPILED.get(("ns",))
-    if fn is None:
-        fn = torch.compile(_ns_loop, dynamic=False, fullgraph=True)
-        _COMPILED[("ns",)] = fn
-    return fn
+def _normalized_ns(
+    x: Tensor, dtype: torch.dtype, eps: float, steps: int, a: float, b: float, c: float
+) -> Tensor:
+    """Frobenius-normalize each matrix of ``x`` (wide orientation), cast, iterate."""
+    x = x.to(_norm_dtype(dtype))
+    norm = torch.linalg.matrix_norm(x, keepdim=True).clamp_min(eps)
+    return _ns_loop((x / norm).to(dtype), steps, a, b, c)
+
+
+def _deprecated_compile_flag(fused: bool | None, old: bool | None, old_name: str) -> bool | None:
+    if old is None:
+        return fused
+    warnings.warn(
+        f"{old_name}= is deprecated; use fused= (the same switch: compile the iteration)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return old
 
 
 def newton_schulz(
@@ -82,14 +143,23 @@ def newton_schulz(
     *,
     eps: float = 1e-7,
     dtype: torch.dtype | None = None,
-    compile_loop: bool = False,
+    fused: bool = False,
+    cache: CompileCache | None = None,
+    backend: str = "inductor",
+    compile_loop: bool | None = None,
 ) -> Tensor:
     """Approximate polar factor ``U V^T`` of a matrix or a batch of matrices ``(..., m, n)``.
 
     Each matrix is divided by its Frobenius norm (at least ``eps``), tall matrices are transposed
     so the Gram matrix is the small side, and ``steps`` iterations run in ``dtype`` (default:
-    bfloat16 on CUDA, float32 elsewhere). The result has ``g``'s shape and the iteration dtype.
+    bfloat16 on CUDA, float32 elsewhere; with float64 the input is normalized in float64, never
+    rounded to float32). The result has ``g``'s shape and the iteration dtype.
+
+    ``fused=True`` compiles the normalization and iteration (same math); the compiled function
+    is kept in ``cache`` (one per shape), a new one per call without it. ``compile_loop`` is the
+    deprecated name of ``fused``.
     """
+    fused = bool(_deprecated_compile_flag(fused, compile_loop, "compile_loop"))
     if g.ndim < 2:
         raise ValueError(
             f"newton_schulz needs a matrix or a batch of matrices, got shape {tuple(g.shape)}"
@@ -103,11 +173,13 @@ def newton_schulz(
     x = g.mT if tall else g
     batch_shape = x.shape[:-2]
     x = x.reshape(-1, *x.shape[-2:]) if x.ndim > 3 else x
-    # normalize in float32 (bf16 norms of large matrices lose digits), then cast
-    x32 = x.float()
-    norm = torch.linalg.matrix_norm(x32, keepdim=True).clamp_min_(eps)
-    x = (x32 / norm).to(dtype)
-    x = _ns_fn(compile_loop)(x, steps, a, b, c)
+    fn = _normalized_ns
+    if fused:
+        key = (tuple(x.shape), x.dtype, x.device, dtype)
+        fn = (cache or CompileCache()).get(
+            _normalized_ns, key, backend, dynamic=False, fullgraph=True
+        )
+    x = fn(x, dtype, float(eps), int(steps), a, b, c)
     x = x.reshape(*batch_shape, *x.shape[-2:])
     return x.mT if tall else x
 
@@ -149,15 +221,19 @@ def orthogonalize(
     *,
     eps: float = 1e-7,
     dtype: torch.dtype | None = None,
+    fused: bool | None = None,
+    cache: CompileCache | None = None,
+    backend: str = "inductor",
     compile_loop: bool | None = None,
 ) -> list[Tensor]:
     """Orthogonalize every tensor of ``updates`` (each viewed as a matrix), batching by shape.
 
     Tensors whose matrix views share a shape (after transposing tall ones) on the same device are
     stacked and run through one batched iteration. Returns new tensors with the inputs' shapes
-    and dtypes. ``compile_loop`` (default: True on CUDA) runs the iteration through
-    ``torch.compile``.
+    and dtypes. ``fused`` (default: True on CUDA) compiles the iteration, keeping the compiled
+    functions in ``cache`` (see :func:`newton_schulz`); ``compile_loop`` is its deprecated name.
     """
+    fused = _deprecated_compile_flag(fused, compile_loop, "compile_loop")
     out: list[Tensor | None] = [None] * len(updates)
     buckets: dict[tuple, list[int]] = defaultdict(list)
     mats = []
@@ -168,13 +244,14 @@ def orthogonalize(
         mats.append(m)
         buckets[(tuple(m.shape), m.device, m.dtype)].append(i)
     for (_, device, _), idx in buckets.items():
-        compile_now = device.type == "cuda" if compile_loop is None else compile_loop
+        compile_now = device.type == "cuda" if fused is None else bool(fused)
         stacked = (
             mats[idx[0]].unsqueeze(0) if len(idx) == 1 else torch.stack([mats[i] for i in idx])
         )
         result = newton_schulz(
-            stacked, steps, coefficients, eps=eps, dtype=dtype, compile_loop=compile_now
-        )
+            stacked, steps, coefficients, eps=eps, dtype=dtype, fused=compile_now, cache=cache,
+            backend=backend,
+        )  # fmt: skip
         for j, i in enumerate(idx):
             u = updates[i]
             r = result[j]
@@ -192,15 +269,22 @@ class Orthogonalize(GradientTransformation):
     with the transform's coefficients (quintic by default) and ``ns_steps`` iterations; conv
     filters are viewed as ``(out, in*k*k)`` matrices, vectors as ``(1, n)`` rows (whose polar
     factor is ``u / ||u||``). Hyperparameters: ``ns_steps`` (>= 1) and ``scale`` ("spectral",
-    "rms" or "none").
+    "rms" or "none"). Complex parameters are refused (the polar factor of a complex matrix is
+    not that of its real view).
+
+    Muon itself runs :class:`~gradkit.transforms.muon_update.MuonUpdate` (momentum,
+    orthogonalization and scaling in one step); this transform serves the methods that put
+    another stage between momentum and step (AdaGO's step size).
 
     Args:
         coefficients: ``(a, b, c)`` of the odd polynomial; :data:`QUINTIC` or :data:`CUBIC`.
         dtype: the iteration's dtype; default bfloat16 on CUDA, float32 elsewhere.
         eps: lower bound of the Frobenius norm used to normalize.
+        fused: compile the iteration (same math): None (default) on CUDA only, True, False.
     """
 
     flat_ok = False
+    complex_ok = False
 
     hyperparameters = (_NS_STEPS, _SHAPE_SCALE)
 
@@ -209,6 +293,8 @@ class Orthogonalize(GradientTransformation):
         coefficients: Sequence[float] = QUINTIC,
         dtype: torch.dtype | None = None,
         eps: float = 1e-7,
+        *,
+        fused: bool | None = None,
     ) -> None:
         if len(coefficients) != 3:
             raise ValueError(
@@ -217,12 +303,17 @@ class Orthogonalize(GradientTransformation):
         self.coefficients = tuple(float(c) for c in coefficients)
         self.dtype = dtype
         self.eps = float(eps)
+        self.fused = fused
+        self.cache = CompileCache()
 
     def update(
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
         steps = int(ctx.group["ns_steps"])
-        out = orthogonalize(updates, steps, self.coefficients, eps=self.eps, dtype=self.dtype)
+        out = orthogonalize(
+            updates, steps, self.coefficients, eps=self.eps, dtype=self.dtype, fused=self.fused,
+            cache=self.cache, backend=compile_backend(ctx),
+        )  # fmt: skip
         scale = ctx.group["scale"]
         factors = [shape_scale(u.shape, scale) for u in updates]
         if any(f != 1.0 for f in factors):
@@ -233,10 +324,16 @@ class Orthogonalize(GradientTransformation):
         return f"Orthogonalize(coefficients={self.coefficients})"
 
 
+def compile_backend(ctx: StepContext) -> str:
+    """The ``torch.compile`` backend of the optimizer running the step (default inductor)."""
+    return getattr(ctx.optimizer, "_compile_backend", None) or "inductor"
+
+
 class ScaleByShape(GradientTransformation):
     """Multiply each update by :func:`shape_scale` of its shape (hyperparameter ``scale``)."""
 
     flat_ok = False
+    complex_ok = False
     hyperparameters = (_SHAPE_SCALE,)
 
     def update(

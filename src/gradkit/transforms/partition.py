@@ -6,6 +6,8 @@ the others AdamW, inside one torch optimizer (one ``state_dict``, schedulers see
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from gradkit.core.hyperparams import Hyperparameter, flag
@@ -27,7 +29,8 @@ class PartitionByFlag(GradientTransformation):
     State of both branches is declared for every parameter, under each branch's own names
     (qualified by ``key`` / ``not_<key>`` only where both branches use a name), as zero-size
     placeholders; the branch a parameter uses allocates its real state on the parameter's first
-    step, so no memory is spent on the other branch.
+    step, so no memory is spent on the other branch. ``legacy_aliases``: see
+    :meth:`legacy_state_names`.
     """
 
     flat_ok = False
@@ -38,8 +41,11 @@ class PartitionByFlag(GradientTransformation):
         when_true: GradientTransformation,
         when_false: GradientTransformation,
         default: bool = True,
+        *,
+        legacy_aliases: Mapping[str, str] | None = None,
     ) -> None:
         self.key = key
+        self.legacy_aliases = dict(legacy_aliases or {})
         self.branches = {"T": Chain(when_true), "F": Chain(when_false)}
         self._flag = flag(key, default)
         names = resolve_state_names(
@@ -61,11 +67,17 @@ class PartitionByFlag(GradientTransformation):
         return tuple(n for tag in "TF" for n in self._names[tag].values())
 
     def legacy_state_names(self) -> dict[str, str]:
-        return {
+        """gradkit 0.1's keys (``"T.1.momentum_buffer"``: branch, position, name) -> current
+        names; ``legacy_aliases`` maps keys of an older layout of a branch to keys of the
+        current one (``{"T.0.momentum_buffer": "T.1.momentum_buffer"}``)."""
+        names = {
             f"{tag}.{old}": self._names[tag][new]
             for tag, branch in self.branches.items()
             for old, new in branch.legacy_state_names().items()
         }
+        for old, same_as in self.legacy_aliases.items():
+            names.setdefault(old, names[same_as])
+        return names
 
     @property
     def needs_closure(self) -> bool:  # type: ignore[override]
