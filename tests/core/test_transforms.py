@@ -78,8 +78,8 @@ def test_nonfinite_skip_leaves_params_and_state_untouched():
     model = make_mlp()
     opt = ChainOptimizer(
         model.parameters(),
-        chain(RejectNonFinite(), ScaleByAdam(), ScaleByLearningRate()),
-        {"lr": 1e-2, "nonfinite": "skip"},
+        chain(RejectNonFinite("skip"), ScaleByAdam(), ScaleByLearningRate()),
+        {"lr": 1e-2},
     )
     train(model, opt, regression_batches(3))
     params = [p.detach().clone() for p in model.parameters()]
@@ -98,8 +98,20 @@ def test_nonfinite_skip_leaves_params_and_state_untouched():
 
 
 def test_nonfinite_mode_is_validated():
-    with pytest.raises(ValueError, match="nonfinite"):
-        ChainOptimizer(make_mlp().parameters(), RejectNonFinite(), {"nonfinite": "warn"})
+    with pytest.raises(ValueError, match="Invalid policy: 'warn'"):
+        RejectNonFinite("warn")
+    with pytest.raises(ValueError, match="Invalid nonfinite: 'warn'"):
+        ChainOptimizer(make_mlp().parameters(), ScaleByLearningRate(), nonfinite="warn")
+
+
+def test_transform_key_is_keyword_only():
+    """``DecoupledWeightDecay(0.1)`` is the default 0.1 of ``weight_decay``, never a key."""
+    from gradkit.transforms import DecoupledWeightDecay
+
+    t = DecoupledWeightDecay(0.1)
+    assert t.specs()["weight_decay"].default == 0.1
+    with pytest.raises(TypeError):
+        DecoupledWeightDecay(0.1, "wd")
 
 
 def test_heavy_ball_closed_form():

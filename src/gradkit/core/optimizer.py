@@ -366,6 +366,12 @@ class ChainOptimizer(Optimizer):
         """
         state_dict = check_and_migrate_state_dict(self, state_dict)
         for i, group in enumerate(state_dict["param_groups"]):
+            missing = sorted(set(self._specs) - set(group))
+            if missing:
+                raise ValueError(
+                    f"cannot load this state dict into {type(self).__name__}: its param group {i} "
+                    f"lacks the hyperparameters {missing}. It was saved by another optimizer."
+                )
             try:
                 validate_group(group, self._specs)
             except ValueError as err:
@@ -382,8 +388,21 @@ class ChainOptimizer(Optimizer):
                     if isinstance(value, Tensor):
                         device = value.device if key == "step" else p.device
                         self.state[p][key] = value.to(device=device, copy=True)
-                if "step" not in self.state[p]:  # torch.optim.SGD keeps no step count
-                    self.state[p]["step"] = torch.tensor(1.0, dtype=torch.float32)
+                self._complete_state(p)
+
+    def _complete_state(self, p: Tensor) -> None:
+        """Fill what a loaded state may lack: buffers that this chain allocates lazily and
+        torch.optim does not save (``max_exp_avg_sq`` without amsgrad), and the step count
+        (torch.optim.SGD keeps none; its buffers exist after the first step)."""
+        st = self.state[p]
+        missing = [k for k in self.transform.state_names() if k not in st]
+        if missing:
+            real = torch.view_as_real(p) if p.is_complex() else p
+            fresh = self.transform.init([real.detach()])
+            for k in missing:
+                st[k] = fresh[k][0]
+        if "step" not in st:
+            st["step"] = torch.tensor(1.0, dtype=torch.float32)
 
     def construction_option_values(self) -> dict[str, Any]:
         """The construction options of this optimizer and their values."""

@@ -85,9 +85,9 @@ def _template(optimizer: Any, p: Tensor, cache: dict[tuple, dict[str, Tensor]]) 
 
 def _check_state(optimizer: Any, groups: list[dict[str, Any]], state: dict[str, Any]) -> None:
     mine = optimizer.param_groups
-    if len(groups) != len(mine) or any(
-        len(g["params"]) != len(m["params"]) for g, m in zip(groups, mine)
-    ):
+    if len(groups) != len(mine):
+        raise _fail(optimizer, f"it has {len(groups)} param group(s), this optimizer {len(mine)}")
+    if any(len(g["params"]) != len(m["params"]) for g, m in zip(groups, mine)):
         return  # torch's load_state_dict raises its own clear error for this
     cache: dict[tuple, dict[str, Any]] = {}
     for saved, group in zip(groups, mine):

@@ -87,6 +87,6 @@ class Ranger21(RecipeOptimizer):
             StableWeightDecay(pnm),
             NormLoss(),
             ScaleByLearningRate(),
-            Lookahead("lookahead_merge_time", "lookahead_blending_alpha"),
+            Lookahead(k_key="lookahead_merge_time", alpha_key="lookahead_blending_alpha"),
         ]
         return WithScheduledLR(chain(*stages), LinearWarmupWarmdown())

@@ -24,7 +24,7 @@ class ClipByGlobalNorm(GradientTransformation):
     arXiv 1211.5063.
     """
 
-    def __init__(self, default: float | None = 1.0, key: str = "max_norm") -> None:
+    def __init__(self, default: float | None = 1.0, *, key: str = "max_norm") -> None:
         self.key = key
         self.hyperparameters = (interval(key, default, 0.0, low_open=True, allow_none=True),)
 

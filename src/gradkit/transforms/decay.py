@@ -24,7 +24,7 @@ class AddDecayedWeights(GradientTransformation):
     Regularization", arXiv 1711.05101).
     """
 
-    def __init__(self, key: str = "weight_decay", default: float = 0.0) -> None:
+    def __init__(self, default: float = 0.0, *, key: str = "weight_decay") -> None:
         self.key = key
         self.hyperparameters = (interval(key, default, 0.0),)
 
@@ -50,7 +50,9 @@ class DecoupledWeightDecay(GradientTransformation):
     arXiv 1711.05101.
     """
 
-    def __init__(self, key: str = "weight_decay", default: float = 0.0, lr_key: str = "lr") -> None:
+    def __init__(
+        self, default: float = 0.0, *, key: str = "weight_decay", lr_key: str = "lr"
+    ) -> None:
         self.key = key
         self.lr_key = lr_key
         self.hyperparameters = (interval(key, default, 0.0),)
@@ -69,11 +71,13 @@ class DecoupledWeightDecay(GradientTransformation):
         return f"DecoupledWeightDecay(key={self.key!r})"
 
 
-def decoupled_weight_decay(default: float = 0.0, key: str = "weight_decay") -> DecoupledWeightDecay:
+def decoupled_weight_decay(
+    default: float = 0.0, *, key: str = "weight_decay"
+) -> DecoupledWeightDecay:
     """Decoupled weight decay (AdamW): ``p <- (1 - lr * wd) * p`` each step."""
-    return DecoupledWeightDecay(key, default)
+    return DecoupledWeightDecay(default, key=key)
 
 
-def l2_regularization(default: float = 0.0, key: str = "weight_decay") -> AddDecayedWeights:
+def l2_regularization(default: float = 0.0, *, key: str = "weight_decay") -> AddDecayedWeights:
     """Coupled L2 regularization: put it first, so the moments see ``g + wd * p``."""
-    return AddDecayedWeights(key, default)
+    return AddDecayedWeights(default, key=key)

@@ -1,45 +1,38 @@
-"""Refuse or skip steps whose gradients hold NaN or infinity."""
+"""Refuse or skip steps whose updates hold NaN or infinity, at any point of a chain."""
 
 from __future__ import annotations
 
-import torch
-
 from gradkit.core.hyperparams import choice
+from gradkit.core.optimizer import NonFiniteGradientError, gradients_are_finite, nonfinite_error
 from gradkit.core.transform import GradientTransformation, SkipStep, State, StepContext, TensorList
 
 __all__ = ["RejectNonFinite", "NonFiniteGradientError"]
 
-
-class NonFiniteGradientError(FloatingPointError):
-    """A gradient holds NaN or infinity and the optimizer was told to refuse it."""
+_POLICY = choice("policy", "raise", ("raise", "skip"))
 
 
 class RejectNonFinite(GradientTransformation):
-    """Check that every update is finite; ``nonfinite="raise"`` raises, ``"skip"`` skips the step.
+    """Check that every update is finite; ``policy="raise"`` raises, ``"skip"`` skips the step.
 
-    A skipped step leaves parameters and state untouched (the step counter too), like the
-    ``GradScaler`` of mixed-precision training. Put it first in a chain. It synchronizes with the
-    device once per step (one boolean read back).
+    Every named optimizer already takes ``nonfinite="raise" | "skip" | "ignore"`` (checked on
+    the gradients before the chain); this transform puts the same check anywhere in a chain of
+    your own, e.g. after a transform that may overflow. A skipped step leaves parameters and
+    state untouched (the step counter too), like the ``GradScaler`` of mixed-precision training.
+    It synchronizes with the device once per step (one boolean read back).
     """
 
-    hyperparameters = (choice("nonfinite", "raise", ("raise", "skip", "ignore")),)
+    def __init__(self, policy: str = "raise") -> None:
+        _POLICY.validate(policy)
+        self.policy = policy
 
     def update(
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
-        mode = ctx.group["nonfinite"]
-        if mode == "ignore":
+        if gradients_are_finite(updates):
             return updates
-        # sum of norms is non-finite iff some element is
-        total = torch.stack([n.float() for n in torch._foreach_norm(updates, float("inf"))]).sum()
-        if bool(torch.isfinite(total)):
-            return updates
-        if mode == "skip":
+        if self.policy == "skip":
             raise SkipStep
-        bad = [i for i, u in enumerate(updates) if not bool(torch.isfinite(u).all())]
-        shapes = ", ".join(str(tuple(updates[i].shape)) for i in bad[:5])
-        raise NonFiniteGradientError(
-            f"non-finite gradient (NaN or inf) in {len(bad)} parameter(s) of shapes {shapes}; "
-            "pass nonfinite='skip' to skip such steps, or find the overflow (lower the lr, use "
-            "gradient clipping or a loss scaler)"
-        )
+        raise nonfinite_error(updates)
+
+    def __repr__(self) -> str:
+        return f"RejectNonFinite(policy={self.policy!r})"

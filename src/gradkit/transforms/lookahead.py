@@ -29,10 +29,11 @@ class Lookahead(GradientTransformation):
 
     def __init__(
         self,
-        k_key: str = "lookahead_k",
-        alpha_key: str = "lookahead_alpha",
         k: int = 5,
         alpha: float = 0.5,
+        *,
+        k_key: str = "lookahead_k",
+        alpha_key: str = "lookahead_alpha",
     ) -> None:
         self.k_key = k_key
         self.alpha_key = alpha_key

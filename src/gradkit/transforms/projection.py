@@ -42,7 +42,7 @@ class ProjectRadial(GradientTransformation):
         interval("weight_decay", 0.0, 0.0),
     )
 
-    def __init__(self, momentum_key: str | None = None, lr_key: str = "lr") -> None:
+    def __init__(self, *, momentum_key: str | None = None, lr_key: str = "lr") -> None:
         self.momentum_key = momentum_key
         self.lr_key = lr_key
 

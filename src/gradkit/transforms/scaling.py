@@ -13,7 +13,7 @@ __all__ = ["ScaleByLearningRate", "Scale", "Sign"]
 class ScaleByLearningRate(GradientTransformation):
     """The descent step ``-lr * u``; ``lr`` is read from the group every step (schedulers work)."""
 
-    def __init__(self, default: float = 1e-3, key: str = "lr") -> None:
+    def __init__(self, default: float = 1e-3, *, key: str = "lr") -> None:
         self.key = key
         self.hyperparameters = (interval(key, default, 0.0),)
 

@@ -29,7 +29,7 @@ class StableWeightDecay(GradientTransformation):
     arXiv 2011.11152; used by Ranger21, arXiv 2106.13731.
     """
 
-    def __init__(self, source: SecondMomentSource, key: str = "weight_decay") -> None:
+    def __init__(self, source: SecondMomentSource, *, key: str = "weight_decay") -> None:
         self.source = source
         self.key = key
         self.hyperparameters = (interval(key, 1e-4, 0.0),)
