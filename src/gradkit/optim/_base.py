@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Iterable, Mapping
-from types import MappingProxyType
 from typing import Any, ClassVar
 
 from torch import Tensor
@@ -79,7 +78,7 @@ class RecipeOptimizer(ChainOptimizer):
                 f"{cls.__name__} got unknown hyperparameter(s) or option(s) {unknown}; it takes: "
                 f"{', '.join([*specs, *option_specs])}"
             )
-        self.options = MappingProxyType(options)
+        self.options: dict[str, Any] = options
         self.construction_options = frozenset(option_specs) | frozenset(cls.implied_options)
         super().__init__(
             params,
