@@ -21,8 +21,7 @@ class GradientCentralization(GradientTransformation):
     Per-unit reductions, so ``flat_ok`` is False.
 
     Yong, Huang, Hua & Zhang, "Gradient Centralization: A New Optimization Technique for Deep
-    Neural Networks", arXiv 2004.01461; one of the parts of Ranger21, arXiv 2106.13731
-   .
+    Neural Networks", arXiv 2004.01461; one of the parts of Ranger21, arXiv 2106.13731.
     """
 
     flat_ok = False

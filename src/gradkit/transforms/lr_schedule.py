@@ -31,8 +31,7 @@ class LinearWarmupWarmdown:
     ``N - int(0.72 N)``, and to no warmdown when ``num_iterations`` is None.
     ``disable_lr_scheduler=True`` keeps ``lr`` constant.
 
-    Wright & Demeure, "Ranger21: a synergistic deep learning optimizer", arXiv 2106.13731
-   .
+    Wright & Demeure, "Ranger21: a synergistic deep learning optimizer", arXiv 2106.13731.
     """
 
     hyperparameters = (

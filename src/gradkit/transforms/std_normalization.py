@@ -17,8 +17,7 @@ class NormalizeByStd(GradientTransformation):
     Smaller tensors pass through (their std is not informative). Used by Ranger21 after
     gradient centralization. Per-tensor reduction, so ``flat_ok`` is False.
 
-    Wright & Demeure, "Ranger21: a synergistic deep learning optimizer", arXiv 2106.13731
-   .
+    Wright & Demeure, "Ranger21: a synergistic deep learning optimizer", arXiv 2106.13731.
     """
 
     flat_ok = False
