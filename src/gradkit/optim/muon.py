@@ -105,11 +105,36 @@ class GeometryAwareOptimizer(RecipeOptimizer):
     legacy_matrix_aliases: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], **kwargs: Any):
+        only_adamw = sorted(set(kwargs) & self._adamw_only_names())
+        if only_adamw:
+            name = only_adamw[0]
+            raise TypeError(
+                f"{type(self).__name__}: {name} is read by the AdamW groups only; pass "
+                f"adamw_{'wd' if name == 'weight_decay' else name}=... (their value at the split) "
+                f"or set {name} in those param groups"
+            )
         adamw = {}
         for spec in ADAMW_OPTIONS:
             adamw[spec.name] = kwargs.get(spec.name, spec.default)
             spec.validate(adamw[spec.name])
         super().__init__(self._split(params, adamw), **kwargs)
+
+    @classmethod
+    def _adamw_only_names(cls) -> set[str]:
+        """Group hyperparameters that only the AdamW branch reads (``betas``, ``eps``, ...)."""
+        branches = cls._build_for(cls._default_options()).branches
+        return set(branches["F"].specs()) - set(branches["T"].specs())
+
+    @classmethod
+    def _default_options(cls) -> dict[str, Any]:
+        return {name: spec.default for name, spec in cls.option_specs().items()}
+
+    @classmethod
+    def group_specs(cls) -> dict[str, Hyperparameter]:
+        """Group hyperparameters of the matrix update (and ``use_muon``, ``maximize``); those
+        that only the AdamW groups read take their defaults from the ``adamw_*`` options."""
+        only_adamw = cls._adamw_only_names()
+        return {k: v for k, v in super().group_specs().items() if k not in only_adamw}
 
     @staticmethod
     def _split(params: Iterable[Any], adamw: Mapping[str, Any]) -> list[dict[str, Any]]:
