@@ -6,7 +6,9 @@ import argparse
 import shlex
 import sys
 import time
+import traceback
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 #: When this process started running gradkit (the "invocation took" figure counts from here).
 _STARTED = time.perf_counter()
@@ -60,10 +62,10 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``gradkit`` command."""
-    from gradkit.bench.compare import DEFAULT_TASKS
     from gradkit.bench.execution.diagnose import DIAGNOSTICS
     from gradkit.bench.protocol.optimizers import DEFAULT_OPTIMIZERS
     from gradkit.bench.protocol.plan import SAMPLERS, SEARCHABLE
+    from gradkit.bench.tasks.registry import DEFAULT_TASKS
 
     parser = _Parser(prog="gradkit", description="gradkit: the gradient side of training.")
     sub = parser.add_subparsers(dest="command", metavar="{compare,list}", parser_class=_Parser)
@@ -199,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bars or tables")
+    g.add_argument(
+        "--storage-retry",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="when the database connection is lost (e.g. a PostgreSQL restart), retry with "
+        "backoff for this long before giving up (default 120)",
+    )
+    g.add_argument(
+        "--debug",
+        action="store_true",
+        help="on a storage error, print the full traceback before the one-line message",
+    )
 
     sub.add_parser(
         "list", help="list the registered optimizers", description="List the registered optimizers."
@@ -206,58 +221,84 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _console():
-    """A rich console; wide when printing to a pipe or file, so names are never cut."""
-    from rich.console import Console
-
-    return Console() if sys.stdout.isatty() else Console(width=200)
+def _print_table(title: str, rows: list[list[str]]) -> None:
+    """Print ``rows`` (the first is the header) as an aligned plain-text table."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print(title)
+    for k, row in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
 
 
 def _list_tasks() -> None:
-    from rich.table import Table
-
     from gradkit.bench.tasks import list_tasks
     from gradkit.bench.tasks.testfunctions import TEST_FUNCTIONS
 
-    table = Table(title="gradkit compare tasks")
-    for col in ("task", "metric", "target", "steps", "trials x seeds", "lr range", "description"):
-        table.add_column(col)
+    rows = [["task", "metric", "target", "steps", "trials x seeds", "lr range", "description"]]
     for t in list_tasks():
         direction = "higher" if t.higher_is_better else "lower"
-        table.add_row(
-            t.name,
-            f"{t.metric} ({direction} better)",
-            f"{t.target:g}",
-            str(t.steps),
-            f"{t.trials} x {t.seeds}",
-            f"{t.lr_factors[0]:g}-{t.lr_factors[1]:g} x default",
-            t.description,
+        rows.append(
+            [
+                t.name,
+                f"{t.metric} ({direction} better)",
+                f"{t.target:g}",
+                str(t.steps),
+                f"{t.trials} x {t.seeds}",
+                f"{t.lr_factors[0]:g}-{t.lr_factors[1]:g} x default",
+                t.description,
+            ]
         )
     for f in TEST_FUNCTIONS.values():
-        table.add_row(
-            f.name, "final f(x, y)", "-", "200", "8 lrs", "0.1-3000 x default", f.description
+        rows.append(
+            [f.name, "final f(x, y)", "-", "200", "8 lrs", "0.1-3000 x default", f.description]
         )
-    _console().print(table)
+    _print_table("gradkit compare tasks", rows)
 
 
 def _list_optimizers() -> None:
-    from rich.table import Table
-
     from gradkit import list_optimizers
 
-    table = Table(title="gradkit optimizers")
-    for col in ("name", "paper", "arXiv", "closure", "defaults"):
-        table.add_column(col)
+    rows = [["name", "paper", "arXiv", "closure", "defaults"]]
     for info in list_optimizers():
         defaults = ", ".join(f"{k}={v}" for k, v in info.defaults.items())
-        table.add_row(
-            info.name,
-            info.paper_title or "",
-            info.arxiv_id or "",
-            "yes" if info.needs_closure else "",
-            defaults,
+        rows.append(
+            [
+                info.name,
+                info.paper_title or "",
+                info.arxiv_id or "",
+                "yes" if info.needs_closure else "",
+                defaults,
+            ]
         )
-    _console().print(table)
+    _print_table("gradkit optimizers", rows)
+
+
+#: Import names of what the ``compare`` extra installs, with the package that provides each.
+COMPARE_MODULES: dict[str, str] = {
+    "optuna": "optuna",
+    "sqlalchemy": "sqlalchemy",
+    "matplotlib": "matplotlib",
+    "rich": "rich",
+    "scipy": "scipy",
+    "sklearn": "scikit-learn",
+    "mnist1d": "mnist1d",
+}
+
+
+def missing_compare_packages() -> list[str]:
+    """The packages of the ``compare`` extra that are not installed."""
+    import importlib.util
+
+    missing = []
+    for module, package in COMPARE_MODULES.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(package)
+    return missing
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -268,6 +309,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "list":
         _list_optimizers()
         return 0
+
+    missing = missing_compare_packages()
+    if missing:
+        print(
+            f"gradkit compare: error: needs the optional packages {', '.join(missing)}; "
+            'install them with: pip install "gradkit[compare]"',
+            file=sys.stderr,
+        )
+        return 2
 
     from gradkit.bench.compare import CompareConfig, UsageError, load_plugin, run_compare
 
@@ -309,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             diagnose_every=args.diagnose_every,
             command="gradkit " + shlex.join(argv),
             started_at=_STARTED,
+            storage_retry=args.storage_retry,
         )
         run_compare(config)
     except UsageError as exc:
@@ -317,6 +368,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gradkit compare: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - storage failures end in one line, bugs do not
+        from gradkit.bench.execution.storage import describe_storage_error
+
+        url = args.storage or str(Path(args.out) / "studies.db")
+        err = describe_storage_error(exc, url)
+        if err is None:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"gradkit compare: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -19,9 +19,9 @@ from gradkit.bench.execution.storage import open_storage
 from gradkit.bench.execution.study import run_study
 from gradkit.bench.execution.timing import calibrate_step_times
 from gradkit.bench.execution.train import RunResult
+from gradkit.bench.protocol.grid import log_grid
 from gradkit.bench.protocol.optimizers import resolve_optimizers
 from gradkit.bench.protocol.plan import StudyPlan, study_name
-from gradkit.bench.protocol.sampler import nested_fractions, nested_grid
 from gradkit.bench.report.page import notes, rank, summary_table
 from gradkit.bench.report.results import OptimizerResult, TrialResult, load_result
 
@@ -76,14 +76,10 @@ def test_gradkit_version_and_device_kind_are_part_of_the_identity():
 # --- one grid, one trial count --------------------------------------------------------------
 
 
-def test_nested_grid_is_a_function_of_the_count_and_grows_by_adding_points():
-    assert nested_fractions(5) == [0.0, 1.0, 0.5, 0.25, 0.75]
-    assert nested_grid(1e-3, 1.0, 1) == pytest.approx([10**-1.5])  # one trial: the midpoint
-    for n in range(2, 12):
-        small, big = nested_grid(1e-3, 1.0, n), nested_grid(1e-3, 1.0, n + 1)
-        assert all(any(math.isclose(a, b, rel_tol=1e-12) for b in big) for a in small)
-    even = nested_grid(1e-4, 1.0, 5)
-    assert [round(math.log10(v), 9) for v in even] == [-4, -3, -2, -1, 0]
+def test_grids_nest_when_the_step_divides():
+    for n, m in ((2, 3), (3, 5), (5, 9), (3, 7), (4, 7)):
+        small, big = log_grid(1e-3, 1.0, n), log_grid(1e-3, 1.0, m)
+        assert all(any(math.isclose(a, b, rel_tol=1e-12) for b in big) for a in small), (n, m)
 
 
 def test_extended_study_searches_the_grid_of_a_fresh_one_and_fewer_trials_rank_fewer(tmp_path):
@@ -100,10 +96,18 @@ def test_extended_study_searches_the_grid_of_a_fresh_one_and_fewer_trials_rank_f
     # lowering --trials: the report uses exactly the smaller grid, as a fresh 2-trial study
     lowered = _plan(n_trials=2)
     res = load_result(storage, lowered)
-    assert [t.lr for t in res.trials] == pytest.approx(nested_grid(*lowered.lr_range(), 2))
+    assert [t.lr for t in res.trials] == pytest.approx(log_grid(*lowered.lr_range(), 2))
     assert res.complete and len(res.trials) == 2
-    assert run_study(storage, lowered, CPU).get_trials()  # runs nothing new
+    run_study(storage, lowered, CPU)  # runs nothing new
     assert len(optuna.load_study(study_name=study_name(lowered), storage=storage).trials) == 3
+    # 3 -> 4 trials: the grid of 4 is not nested in that of 3; the report uses the 4-point
+    # grid only (the old midpoint is left out), exactly as a fresh 4-trial study
+    extended.n_trials = 4
+    run_study(storage, extended, CPU)
+    res = load_result(storage, extended)
+    assert [t.lr for t in res.trials] == pytest.approx(log_grid(*extended.lr_range(), 4))
+    assert res.complete
+    assert len(optuna.load_study(study_name=study_name(extended), storage=storage).trials) == 5
 
 
 def test_complete_trial_without_its_value_is_flagged_then_redone(tmp_path):
@@ -148,7 +152,7 @@ def _result(values: list[float], lrs: list[float]) -> OptimizerResult:
 
 
 def test_best_lr_on_the_edge_is_marked_under_tuned_with_the_range_to_search():
-    lrs = nested_grid(1e-3, 3e-2, 3)
+    lrs = log_grid(1e-3, 3e-2, 3)
     top = _result([0.5, 0.7, 0.9], lrs)
     assert top.edge() == "high"
     text = " ".join(notes([top]))

@@ -18,7 +18,7 @@ from gradkit.bench.execution.storage import StorageError, check_storage, normali
 from gradkit.bench.execution.study import run_study
 from gradkit.bench.protocol.optimizers import resolve_optimizers
 from gradkit.bench.protocol.plan import StudyPlan, study_name
-from gradkit.bench.protocol.sampler import LogGridSampler, log_grid, nested_grid
+from gradkit.bench.protocol.sampler import LogGridSampler, log_grid
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -47,7 +47,7 @@ def test_grid_sampler_fills_every_point_and_refills_a_failed_one():
     study.tell(t, 0.0)
     t = study.ask({"lr": dist})
     seen.append(t.params["lr"])
-    assert sorted(seen) == pytest.approx(nested_grid(1e-4, 1e-1, 4))
+    assert sorted(seen) == pytest.approx(log_grid(1e-4, 1e-1, 4))
 
 
 def _plan(**kw):
@@ -83,9 +83,9 @@ def test_run_study_stores_runs_and_extends(tmp_path):
     assert len({t.params["lr"] for t in done}) == 3
     # rerun: nothing to do; raising the trial count extends the same study
     assert len(run_study(storage, plan, torch.device("cpu")).trials) == 3
-    plan.n_trials = 4
+    plan.n_trials = 5  # the grid of 5 holds that of 3: two more trials
     study = run_study(storage, plan, torch.device("cpu"))
-    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 5
 
 
 def test_stale_trial_of_dead_process_is_reaped(tmp_path):

@@ -21,12 +21,11 @@ from gradkit.bench.progress import CompareProgress
 from gradkit.bench.protocol.optimizers import DEFAULT_OPTIMIZERS, OptimizerSpec, resolve_optimizers
 from gradkit.bench.protocol.plan import SAMPLERS, SEARCHABLE, StudyPlan
 from gradkit.bench.tasks import Task, list_tasks
+from gradkit.bench.tasks.registry import DEFAULT_TASKS
 from gradkit.bench.tasks.testfunctions import TEST_FUNCTIONS
 from gradkit.errors import UnknownNameError, canonical_name
 
 __all__ = ["CompareConfig", "UsageError", "load_plugin", "resolve_device", "run_compare"]
-
-DEFAULT_TASKS = ("mnist1d-cnn", "rosenbrock", "rastrigin", "quadratic")
 
 
 class UsageError(Exception):
@@ -60,6 +59,7 @@ class CompareConfig:
     quiet: bool = False
     command: str = ""
     started_at: float = field(default_factory=time.perf_counter)
+    storage_retry: float = 120.0
     calibration_rounds: int = 5
     calibration_steps: int = 10
     diagnose: list[str] = field(default_factory=list)
@@ -258,7 +258,7 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
     out_dir = Path(config.out)
     storage_url = config.storage or f"sqlite:///{(out_dir / 'studies.db').resolve()}"
     try:
-        storage = open_storage(storage_url) if tasks else None
+        storage = open_storage(storage_url, retry_for=config.storage_retry) if tasks else None
     except StorageError as exc:
         raise UsageError(str(exc)) from None
     import optuna

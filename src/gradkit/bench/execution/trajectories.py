@@ -13,13 +13,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from gradkit.bench.protocol.grid import log_grid
 from gradkit.bench.protocol.optimizers import (
     OptimizerSpec,
     build_optimizer,
     default_lr,
     scaled_hyperparams,
 )
-from gradkit.bench.protocol.sampler import log_grid
 from gradkit.bench.tasks.testfunctions import TestFunction
 
 __all__ = ["Trajectory", "best_trajectory", "run_trajectory"]

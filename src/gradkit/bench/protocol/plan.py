@@ -5,9 +5,9 @@ A study's identity (:func:`study_name`) covers everything that makes its trials 
 the budget (seeds, steps, batch size, schedule, lr range, sampler), the task's fingerprint
 (:func:`gradkit.bench.tasks.fingerprint.task_fingerprint`: model, data, scoring, version), the
 gradkit version and the device kind. The trial count is left out: raising ``--trials`` extends
-a study along the nested lr grid (:func:`gradkit.bench.protocol.sampler.nested_grid`), and a
-report uses exactly the planned grid points (:meth:`StudyPlan.lr_grid`), whatever more the
-study holds.
+a study (see :mod:`gradkit.bench.protocol.grid` for which old points are reused), and a report
+uses exactly the planned grid points (:meth:`StudyPlan.lr_grid`), whatever else the study
+holds.
 
 The learning rate is searched in log scale over ``[low * default_lr, high * default_lr]``, where
 ``default_lr`` is the optimizer's own default (so each optimizer gets an interval of the same
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gradkit
+from gradkit.bench.protocol.grid import grid_index, log_grid
 from gradkit.bench.protocol.optimizers import OptimizerSpec, default_lr, scaled_hyperparams
-from gradkit.bench.protocol.sampler import grid_index, nested_grid
 from gradkit.bench.tasks.interface import Task
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class StudyPlan:
         None for the other samplers."""
         if self.sampler != "grid":
             return None
-        return nested_grid(*self.lr_range(), self.n_trials)
+        return log_grid(*self.lr_range(), self.n_trials)
 
     def usable(self, trial: FrozenTrial) -> bool:
         """:func:`usable_trial` with this plan's seeds."""
@@ -163,7 +163,7 @@ class StudyPlan:
             "lr_factors": list(self.lr_factors),
             "search": sorted(self.search),
             "sampler": self.sampler,
-            "grid": "nested-log" if self.sampler == "grid" else None,
+            "grid": "log" if self.sampler == "grid" else None,
             "task_fingerprint": self.task_fingerprint,
             "gradkit": self.gradkit_version,
             "device": self.device_kind,

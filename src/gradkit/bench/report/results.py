@@ -16,8 +16,8 @@ from typing import Any
 from optuna.trial import TrialState
 
 from gradkit.bench.execution.train import RunResult
+from gradkit.bench.protocol.grid import grid_index
 from gradkit.bench.protocol.plan import StudyPlan, study_name
-from gradkit.bench.protocol.sampler import grid_index
 from gradkit.bench.protocol.stats import mean_ci
 from gradkit.bench.tasks.interface import Task
 

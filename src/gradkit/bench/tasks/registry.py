@@ -12,7 +12,10 @@ from gradkit.bench.tasks.builtin import BUILTIN_TASKS
 from gradkit.bench.tasks.interface import Task
 from gradkit.errors import UnknownNameError, canonical_name
 
-__all__ = ["get_task", "list_tasks", "register_task"]
+__all__ = ["DEFAULT_TASKS", "get_task", "list_tasks", "register_task"]
+
+#: What ``gradkit compare`` runs by default: a training task and the 2-D test functions.
+DEFAULT_TASKS = ("mnist1d-cnn", "rosenbrock", "rastrigin", "quadratic")
 
 _TASKS: dict[str, Task] = {}
 
