@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import gradkit
+import gradkit.errors
 
 
 def test_foundation_optimizers_are_listed_with_citations():
@@ -57,5 +58,14 @@ def test_names_are_case_and_dash_insensitive():
 
 
 def test_unknown_name_lists_known_ones():
-    with pytest.raises(KeyError, match="known optimizers:.*adamw"):
+    with pytest.raises(
+        gradkit.errors.UnknownNameError,
+        match="^unknown optimizer 'adamz'; known optimizers:.*adamw",
+    ):
         gradkit.create_optimizer([torch.nn.Parameter(torch.zeros(1))], "adamz")
+    assert issubclass(gradkit.errors.UnknownNameError, ValueError)
+
+
+def test_one_name_normalisation():
+    for spelling in ("Stable-SPAM", "stable spam", "stable_spam", " STABLE-spam "):
+        assert gradkit.optim.registry.get_info(spelling).name == "stable_spam"

@@ -10,8 +10,9 @@
 """
 
 from gradkit.core.hyperparams import Hyperparameter
-from gradkit.core.optimizer import ChainOptimizer
+from gradkit.core.optimizer import ChainOptimizer, NonFiniteGradientError
 from gradkit.core.transform import Chain, GradientTransformation, SkipStep, StepContext, chain
+from gradkit.errors import UnknownNameError
 from gradkit.optim.registry import OptimizerInfo, create_optimizer, list_optimizers
 from gradkit.roles import ParamRole, assign_roles, param_groups_by_role, params_by_role
 
@@ -22,10 +23,12 @@ __all__ = [
     "ChainOptimizer",
     "GradientTransformation",
     "Hyperparameter",
+    "NonFiniteGradientError",
     "OptimizerInfo",
     "ParamRole",
     "SkipStep",
     "StepContext",
+    "UnknownNameError",
     "assign_roles",
     "chain",
     "create_optimizer",

@@ -267,6 +267,7 @@ def test_signature_shows_every_argument_with_its_default(name: str) -> None:
     shown = {k: v.default for k, v in list(sig.parameters.items())[1:]}
     assert shown == {n: s.default for n, s in {**groups, **options}.items()}
     assert {"lr", "fused", "nonfinite", "maximize"} <= set(shown)
+    assert set(cls.hyperparameters) <= set(groups)  # no declared default the chain never reads
 
 
 def _invalid_cases() -> list[tuple[str, str, object]]:

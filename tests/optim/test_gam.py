@@ -123,7 +123,7 @@ def test_maximize_is_refused():
         (dict(rho=-1.0), "rho must be >= 0"),
         (dict(alpha=-0.5), "alpha must be >= 0"),
         (dict(fd_radius=0.0), "fd_radius must be > 0"),
-        (dict(perturb_eps=float("nan")), "perturb_eps must be >= 0"),
+        (dict(perturb_eps=float("nan")), "perturb_eps must be > 0"),
     ],
 )
 def test_bad_hyperparameters_raise(kw, match):

@@ -112,7 +112,7 @@ def test_x0_only_with_momentum() -> None:
         opt = MADGRAD([w], lr=LR, momentum=momentum)
         w.grad = torch.randn(3, 2)
         opt.step()
-        assert opt.state[w]["1.x0"].numel() == numel
+        assert opt.state[w]["x0"].numel() == numel
 
 
 def test_bad_hyperparameters() -> None:

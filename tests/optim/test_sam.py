@@ -112,7 +112,7 @@ def test_missing_closure_is_a_clear_error():
     ("kw", "match"),
     [
         (dict(rho=-0.1), "rho must be >= 0"),
-        (dict(perturb_eps=-1.0), "perturb_eps must be >= 0"),
+        (dict(perturb_eps=0.0), "perturb_eps must be > 0"),
         (dict(adaptive=1), "adaptive must be True or False"),
         (dict(lr=-1.0), "lr must be >= 0"),
     ],

@@ -115,9 +115,8 @@ class Interval(Hyperparameter):
     @property
     def allowed(self) -> str:
         low, high = self.low, self.high
-        kind = "an integer" if self.integer else "a number"
         if low is None and high is None:
-            text = f"a finite {kind[3:] if self.integer else 'number'}"
+            text = "an integer" if self.integer else "a finite number"
         elif high is None:
             text = f"{'>' if self.low_open else '>='} {low:g}"
         elif low is None:

@@ -15,9 +15,7 @@ from gradkit.transforms import (
 __all__ = ["Adam", "AdamW"]
 
 
-@register_optimizer(
-    "adam", paper="Adam: A Method for Stochastic Optimization", arxiv="1412.6980"
-)
+@register_optimizer("adam", paper="Adam: A Method for Stochastic Optimization", arxiv="1412.6980")
 class Adam(RecipeOptimizer):
     """Adam with coupled L2 weight decay, matching ``torch.optim.Adam``.
 
@@ -40,9 +38,7 @@ class Adam(RecipeOptimizer):
         return chain(l2_regularization(), ScaleByAdam(), ScaleByLearningRate())
 
 
-@register_optimizer(
-    "adamw", paper="Decoupled Weight Decay Regularization", arxiv="1711.05101"
-)
+@register_optimizer("adamw", paper="Decoupled Weight Decay Regularization", arxiv="1711.05101")
 class AdamW(RecipeOptimizer):
     """Adam with decoupled weight decay, matching ``torch.optim.AdamW``.
 

@@ -13,22 +13,20 @@ from gradkit.transforms.scaling import ScaleByLearningRate
 __all__ = ["AMSGrad"]
 
 
-@register_optimizer(
-    "amsgrad", paper="On the Convergence of Adam and Beyond", arxiv="1904.09237"
-)
+@register_optimizer("amsgrad", paper="On the Convergence of Adam and Beyond", arxiv="1904.09237")
 class AMSGrad(RecipeOptimizer):
     """AMSGrad, matching ``torch.optim.Adam(amsgrad=True)``.
 
-    ``g <- g + wd * p``; ``m <- b1 m + (1-b1) g``; ``v <- b2 v + (1-b2) g^2``;
-    ``v_max <- max(v_max, v)``; ``p <- p - lr * (m / (1-b1^t)) / (sqrt(v_max / (1-b2^t)) + eps)``.
+     ``g <- g + wd * p``; ``m <- b1 m + (1-b1) g``; ``v <- b2 v + (1-b2) g^2``;
+     ``v_max <- max(v_max, v)``; ``p <- p - lr * (m / (1-b1^t)) / (sqrt(v_max / (1-b2^t)) + eps)``.
 
-    The maximum keeps a long-term memory of large gradients, so the effective step size never
-    grows; this fixes the convex counter-example on which Adam converges to the worst point.
-    The paper's algorithm has no bias correction and a decaying ``lr / sqrt(t)``; like
-    torch.optim this version bias-corrects (see docs/differences.md).
+     The maximum keeps a long-term memory of large gradients, so the effective step size never
+     grows; this fixes the convex counter-example on which Adam converges to the worst point.
+     The paper's algorithm has no bias correction and a decaying ``lr / sqrt(t)``; like
+     torch.optim this version bias-corrects (see docs/differences.md).
 
-    Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018, arXiv 1904.09237
-   . Recipe: ``chain(l2_regularization, ScaleByAdam(amsgrad), ScaleByLearningRate)``.
+     Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018, arXiv 1904.09237
+    . Recipe: ``chain(l2_regularization, ScaleByAdam(amsgrad), ScaleByLearningRate)``.
     """
 
     hyperparameters = {

@@ -47,27 +47,27 @@ class _LocalEntropySettings(GradientTransformation):
 class EntropySGD(RecipeOptimizer):
     """Entropy-SGD (Chaudhari et al., Algorithm 1).
 
-    Each step runs ``L = langevin_steps`` steps of stochastic gradient Langevin dynamics around
-    the current weights ``x`` (one closure call each; the first reuses the gradient at ``x``),
-    then moves ``x`` towards their running average ``mu``::
+     Each step runs ``L = langevin_steps`` steps of stochastic gradient Langevin dynamics around
+     the current weights ``x`` (one closure call each; the first reuses the gradient at ``x``),
+     then moves ``x`` towards their running average ``mu``::
 
-        x', mu <- x
-        for l in 1..L:
-            dx' = grad f(x') - gamma_t (x - x')
-            x'  <- x' - sgld_lr * dx' + sqrt(sgld_lr) * noise * N(0, I)
-            mu  <- (1 - alpha) mu + alpha x'
-        x <- x - lr * gamma_t (x - mu)        # the gradient of the negative local entropy
+         x', mu <- x
+         for l in 1..L:
+             dx' = grad f(x') - gamma_t (x - x')
+             x'  <- x' - sgld_lr * dx' + sqrt(sgld_lr) * noise * N(0, I)
+             mu  <- (1 - alpha) mu + alpha x'
+         x <- x - lr * gamma_t (x - mu)        # the gradient of the negative local entropy
 
-    with the scope ``gamma_t = gamma (1 + gamma_scoping)^t`` (``t`` = steps taken). The outer
-    step is a chain ``l2_regularization -> Momentum -> ScaleByLearningRate`` fed with
-    ``gamma_t (x - mu)``, so ``momentum``/``nesterov``/``weight_decay`` work as in SGD (all 0
-    by default: the algorithm box). After the step ``.grad`` holds ``gamma_t (x - mu)``.
-    ``seed`` fixes the Langevin noise (a private generator, saved in ``state_dict``).
+     with the scope ``gamma_t = gamma (1 + gamma_scoping)^t`` (``t`` = steps taken). The outer
+     step is a chain ``l2_regularization -> Momentum -> ScaleByLearningRate`` fed with
+     ``gamma_t (x - mu)``, so ``momentum``/``nesterov``/``weight_decay`` work as in SGD (all 0
+     by default: the algorithm box). After the step ``.grad`` holds ``gamma_t (x - mu)``.
+     ``seed`` fixes the Langevin noise (a private generator, saved in ``state_dict``).
 
-    Chaudhari, Choromanska, Soatto, LeCun, Baldassi, Borgs, Chayes, Sagun, Zecchina,
-    "Entropy-SGD: Biasing Gradient Descent Into Wide Valleys", ICLR 2017, arXiv 1611.01838
-   . Defaults from the paper: ``L = 20``, ``sgld_lr = 0.1``, ``noise = 1e-4``,
-    ``alpha = 0.75``, ``gamma = 0.03``, ``gamma_scoping = 1e-3``, ``lr = 1``.
+     Chaudhari, Choromanska, Soatto, LeCun, Baldassi, Borgs, Chayes, Sagun, Zecchina,
+     "Entropy-SGD: Biasing Gradient Descent Into Wide Valleys", ICLR 2017, arXiv 1611.01838
+    . Defaults from the paper: ``L = 20``, ``sgld_lr = 0.1``, ``noise = 1e-4``,
+     ``alpha = 0.75``, ``gamma = 0.03``, ``gamma_scoping = 1e-3``, ``lr = 1``.
     """
 
     hyperparameters = {

@@ -83,9 +83,7 @@ class ExtraGradient(RecipeOptimizer):
         return loss
 
 
-@register_optimizer(
-    "optimistic_gd", paper=_PAPER, arxiv="1908.08465", aliases=("ogd",)
-)
+@register_optimizer("optimistic_gd", paper=_PAPER, arxiv="1908.08465", aliases=("ogd",))
 class OptimisticGD(RecipeOptimizer):
     """Optimistic gradient descent: ``x_{t+1} = x_t - lr ((alpha + beta) V_t - beta V_{t-1})``.
 
