@@ -53,12 +53,15 @@ def _init_process_group(rank: int, port: int) -> None:
     torch.set_num_threads(1)
 
 
-def _save_and_finish(rank: int, params: list[torch.Tensor], local_count: int, out: str) -> None:
-    """Sum the ranks' orthogonalization counts; rank 0 saves it with ``params``; leave the group."""
+def _save_and_finish(
+    rank: int, params: list[torch.Tensor], local_count: int, out: str, opt_state: dict | None
+) -> None:
+    """Sum the ranks' orthogonalization counts; rank 0 saves it with ``params`` and its
+    optimizer's state dict (``torch.save``: no process group inside); leave the group."""
     count = torch.tensor([local_count])
     dist.all_reduce(count)
     if rank == 0:
-        torch.save({"params": params, "count": int(count)}, out)
+        torch.save({"params": params, "count": int(count), "opt": opt_state}, out)
     dist.destroy_process_group()
 
 
@@ -77,13 +80,16 @@ def run_rank(
 
     model = make_model(widths)
     forward = wrap(model)
-    opt = DistributedMuon(model.parameters(), fused=False, **HP)
+    # an explicit process group: a construction option, never in the param groups
+    opt = DistributedMuon(model.parameters(), fused=False, process_group=dist.group.WORLD, **HP)
     for x, y in batches():
         half = slice(4 * rank, 4 * rank + 4)
         opt.zero_grad()
         nn.functional.mse_loss(forward(x[half]), y[half]).backward()
         opt.step()
-    _save_and_finish(rank, full_params(model), opt.orthogonalizer.local_count, out)
+    plain = not any(hasattr(p, "full_tensor") for p in model.parameters())
+    state = opt.state_dict() if plain else None  # DDP: every rank holds the whole state
+    _save_and_finish(rank, full_params(model), opt.orthogonalizer.local_count, out, state)
 
 
 def spawn_and_compare(
@@ -91,11 +97,16 @@ def spawn_and_compare(
 ) -> None:
     """Run ``worker(rank, port, out)`` on two processes; compare with the single-process run."""
     mp.spawn(worker, args=(free_port(), str(out)), nprocs=2, join=True)
-    assert_matches_reference(torch.load(out), single_process_reference(widths))
+    got = torch.load(out, weights_only=False)
+    reference, reference_opt = single_process_reference(widths)
+    assert_matches_reference(got, reference)
+    if got["opt"] is not None:  # the DistributedMuon checkpoint resumes under plain Muon
+        assert_checkpoint_moves_to_muon(got["opt"], reference_opt)
 
 
-def single_process_reference(widths: tuple[int, ...]) -> list[nn.Parameter]:
-    """Train ``make_model(widths)`` with Muon on the gradient the two ranks form; its parameters."""
+def single_process_reference(widths: tuple[int, ...]) -> tuple[list[nn.Parameter], Muon]:
+    """Train ``make_model(widths)`` with Muon on the gradient the two ranks form; its parameters
+    and the optimizer."""
     torch.set_num_threads(1)
     model = make_model(widths)
     params = list(model.parameters())
@@ -109,7 +120,22 @@ def single_process_reference(widths: tuple[int, ...]) -> list[nn.Parameter]:
         for p, g0, g1 in zip(params, *halves):
             p.grad = g0 / 2 + g1 / 2
         opt.step()
-    return params
+    return params, opt
+
+
+def assert_checkpoint_moves_to_muon(saved: dict, reference_opt: Muon) -> None:
+    """A DistributedMuon state dict loads into Muon, with the reference's keys and (to the
+    rounding of the run) its values."""
+    params = [p for g in reference_opt.param_groups for p in g["params"]]
+    muon = Muon([p.detach().clone().requires_grad_() for p in params], **HP)
+    muon.load_state_dict(saved)
+    ref = reference_opt.state_dict()
+    assert saved["state"].keys() == ref["state"].keys()
+    for pid, st in ref["state"].items():
+        assert set(saved["state"][pid]) == set(st)
+        for k, v in st.items():
+            assert torch.allclose(saved["state"][pid][k], v, rtol=1e-5, atol=1e-5), k
+    assert all("process_group" not in g for g in saved["param_groups"])
 
 
 def assert_matches_reference(got: dict, params: list[nn.Parameter]) -> None:
