@@ -94,3 +94,18 @@ def test_l2_and_linf_directions_closed_forms():
     assert torch.allclose((g * d).sum(), dual_norm(g, "spectral"), rtol=1e-5)
     with pytest.raises(ValueError, match="norm"):
         steepest_direction(ups, "l3")
+
+
+def test_fused_iteration_uses_the_given_cache_and_compile_loop_is_deprecated():
+    from gradkit.transforms.orthogonalize import CompileCache
+
+    g = torch.randn(3, 6, 10)
+    cache = CompileCache()
+    eager = newton_schulz(g, 5)
+    fast = newton_schulz(g, 5, fused=True, cache=cache, backend="eager")
+    assert torch.allclose(eager, fast, atol=1e-6)
+    newton_schulz(g, 5, fused=True, cache=cache, backend="eager")
+    assert len(cache) == 1  # one compiled copy per shape, reused
+    with pytest.warns(DeprecationWarning, match="fused"):
+        old = orthogonalize(list(g), 5, compile_loop=False)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(old, eager))

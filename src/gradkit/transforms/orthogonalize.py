@@ -176,7 +176,7 @@ def newton_schulz(
     fn = _normalized_ns
     if fused:
         key = (tuple(x.shape), x.dtype, x.device, dtype)
-        fn = (cache or CompileCache()).get(
+        fn = (cache if cache is not None else CompileCache()).get(
             _normalized_ns, key, backend, dynamic=False, fullgraph=True
         )
     x = fn(x, dtype, float(eps), int(steps), a, b, c)
