@@ -13,7 +13,9 @@ step counters do not advance). AdamW parameters are updated every step. Schedule
 Gruntkowska, Maziane, Qu & Richtarik, "Drop-Muon: Update Less, Converge Faster", arXiv
 2510.02239. ``seed`` makes the draws reproducible; the generator's state is saved in
 ``state_dict()`` under ``"drop_rng"``. ``schedule``, ``keep_prob`` and ``seed`` are construction
-options (fixed for the optimizer, never in param groups).
+options (fixed for the optimizer, never in param groups). ``nonfinite="skip"`` / ``"raise"``
+look at every gradient of a Muon group, sampled or not; with ``"ignore"`` a NaN gradient of an
+unsampled matrix is never used.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from torch import Tensor
 
 from gradkit.core.hyperparams import choice, integer, interval
+from gradkit.core.optimizer import gradients_are_finite, nonfinite_error
 from gradkit.optim.muon import Muon
 from gradkit.optim.registry import register_optimizer
 
@@ -87,6 +90,14 @@ class DropMuon(Muon):
         mats = self._matrix_params()
         self.last_sampled = self.sample()
         self._active = {id(mats[i]) for i in self.last_sampled}
+        if self.nonfinite != "ignore" and closure is None:
+            # the policy sees the whole group, sampled or not (an unsampled NaN is still news)
+            for g in self.param_groups:
+                grads = [p.grad for p in g["params"] if g["use_muon"] and p.grad is not None]
+                if grads and not gradients_are_finite(grads):
+                    if self.nonfinite == "raise":
+                        raise nonfinite_error(grads)
+                    self._active -= {id(p) for p in g["params"]}
         return super().step(closure)
 
     def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:

@@ -72,10 +72,13 @@ def steepest_direction(
 def dual_norm(u: Tensor, norm: str) -> Tensor:
     """The dual norm of ``u``: nuclear (spectral), Frobenius (l2) or l1 (linf), as a 0-d tensor.
 
-    The nuclear norm is computed exactly (singular values in float32) on the matrix view.
+    The nuclear norm is computed exactly (singular values in float32) on the matrix view; it is
+    NaN for a matrix with NaN or infinite entries.
     """
     if norm == "spectral":
         m = u.reshape(u.size(0), -1) if u.ndim >= 2 else u.reshape(1, -1)
+        if not bool(torch.isfinite(m).all()):  # the SVD refuses NaN/inf: let them through
+            return torch.full((), float("nan"), dtype=u.dtype, device=u.device)
         return torch.linalg.matrix_norm(m.float(), ord="nuc").to(u.dtype)
     if norm == "l2":
         return torch.linalg.vector_norm(u)
