@@ -91,3 +91,18 @@ def test_registry_and_bad_input():
     for bad in ({"schedule": "random"}, {"keep_prob": 0.0}, {"keep_prob": 1.5}, {"seed": 1.5}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             DropMuon(ps, **bad)
+
+
+def test_nonfinite_policy_sees_unsampled_matrices():
+    ps = _params()
+    opt = DropMuon(ps, schedule="progressive", seed=0, nonfinite="raise")
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    ps[0].grad[0, 0] = float("nan")  # the input-side matrix: rarely sampled
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        opt.step()
+    skip = DropMuon(ps, schedule="uniform", keep_prob=1.0, seed=0, nonfinite="skip")
+    before = [p.detach().clone() for p in ps[:4]]
+    skip.step()
+    assert all(torch.equal(b, p) for b, p in zip(before, ps[:4]))  # the Muon group skipped
+    assert "options" not in skip.param_groups[0] and "seed" not in skip.param_groups[0]
