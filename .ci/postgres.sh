@@ -7,9 +7,14 @@
 # under $GRADKIT_PG_DIR (default /tmp/gradkit-pg), starts it on port $GRADKIT_PG_PORT
 # (default 55432, loopback only), creates user and database "gradkit", and prints one line on
 # stdout: export GRADKIT_TEST_POSTGRES_URL=postgresql+psycopg2://... . Everything else goes to
-# stderr. Running it again reuses the running server. Stop it with:
-#   pg_ctl -D /tmp/gradkit-pg/data stop     (as the user printed in the log)
+# stderr. Running it again reuses the running server. It also prints
+# GRADKIT_TEST_POSTGRES_CTL (this script with the folder and port), which the outage test uses
+# to stop and restart the server mid-run:
+#   bash .ci/postgres.sh stop       # stop the server (fast shutdown)
+#   bash .ci/postgres.sh start      # start it again (same data, port and settings)
 set -euo pipefail
+
+ACTION="${1:-setup}"
 
 PG_DIR="${GRADKIT_PG_DIR:-/tmp/gradkit-pg}"
 PG_PORT="${GRADKIT_PG_PORT:-55432}"
@@ -63,12 +68,29 @@ if [ ! -f "$DATA/PG_VERSION" ]; then
     -E UTF8 >&2
 fi
 
+start_server() {
+  "${RUN_AS[@]}" "$BINDIR/pg_ctl" -D "$DATA" -l "$LOGFILE" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR -c max_connections=100" start >&2
+}
+
+case "$ACTION" in
+  stop)
+    log "stopping the server"
+    "${RUN_AS[@]}" "$BINDIR/pg_ctl" -D "$DATA" -m fast -w -t 60 stop >&2
+    exit 0 ;;
+  start)
+    log "starting the server again"
+    start_server
+    exit 0 ;;
+  setup) ;;
+  *) log "unknown action '$ACTION' (use setup, stop or start)"; exit 2 ;;
+esac
+
 if "${RUN_AS[@]}" "$BINDIR/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
   log "server already running"
 else
   log "starting the server on 127.0.0.1:$PG_PORT (log: $LOGFILE)"
-  "${RUN_AS[@]}" "$BINDIR/pg_ctl" -D "$DATA" -l "$LOGFILE" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR -c max_connections=100" start >&2
+  start_server
 fi
 
 psql_admin() {
@@ -84,3 +106,5 @@ if [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname='$PG_DB'")" != 1 
 fi
 log "ready"
 echo "export GRADKIT_TEST_POSTGRES_URL=postgresql+psycopg2://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+echo "export GRADKIT_TEST_POSTGRES_CTL='env GRADKIT_PG_DIR=$PG_DIR GRADKIT_PG_PORT=$PG_PORT bash $SELF'"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -151,3 +152,71 @@ def test_report_only_rebuilds_from_the_storage(tmp_path, capsys):
     assert main([*common, "--report-only", "--trials", "5"]) == 0  # runs nothing more
     data = json.loads((out / "results.json").read_text())
     assert len(data["tasks"]["tiny"]["trials"][0]["trials"]) == 2
+
+
+# --- names and packaging ----------------------------------------------------------------------
+
+OPTIONAL = ("optuna", "sqlalchemy", "matplotlib", "rich", "sklearn", "mnist1d", "scipy")
+
+
+def test_names_are_canonical_like_create_optimizer():
+    from gradkit.bench.compare import _split_tasks
+    from gradkit.bench.protocol.optimizers import resolve_optimizers
+
+    found, missing = resolve_optimizers(["stable-spam", "Stable SPAM", "ADAMW", "lion_kappa"])
+    assert not missing and [s.name for s in found] == ["stable_spam", "adamw", "lion_kappa"]
+    tasks, functions = _split_tasks(["MNIST1D_CNN", "Rosenbrock"])
+    assert [t.name for t in tasks] == ["mnist1d-cnn"] and functions == ["rosenbrock"]
+
+
+def test_list_has_no_catalogue_ids(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[1].split()
+    assert header == ["name", "paper", "arXiv", "closure", "defaults"]
+    assert not re.search(r"\bP\d{3}\b", out)
+
+
+def test_import_gradkit_imports_no_optional_package():
+    code = (
+        "import sys, gradkit, gradkit.bench, gradkit.cli; gradkit.cli.build_parser(); "
+        f"print(sorted(m for m in {OPTIONAL!r} if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_core_install_needs_torch_and_numpy_only():
+    from pathlib import Path
+
+    import tomllib
+
+    meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    names = [re.split(r"[<>=!~\[ ]", d)[0] for d in meta["dependencies"]]
+    assert names == ["torch", "numpy"]
+    extra = [re.split(r"[<>=!~\[ ]", d)[0] for d in meta["optional-dependencies"]["compare"]]
+    assert {"optuna", "sqlalchemy", "matplotlib", "rich", "scipy", "mnist1d"} <= set(extra)
+    assert any(d.startswith("gradkit[compare") for d in meta["optional-dependencies"]["test"])
+
+
+def test_without_the_extra_list_works_and_compare_names_it(monkeypatch, capsys):
+    for name in OPTIONAL:
+        monkeypatch.setitem(sys.modules, name, None)  # import fails, find_spec says missing
+    assert main(["list"]) == 0
+    assert "adamw" in capsys.readouterr().out
+    assert main(["compare", "--task", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "gradkit[compare]"' in err and "optuna" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_readme_and_ci_install_the_same_extras():
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    readme = (root / "README.md").read_text()
+    ci = (root / ".ci" / "run").read_text()
+    extras = re.search(r'pip install -e "(\.\[[^\]]+\])"', readme).group(1)
+    assert "compare" in extras and "test" in extras
+    assert f'pip install -q -e "{extras}"' in ci
