@@ -68,12 +68,12 @@ class ChainOptimizer(Optimizer):
             checks); ``"compile"``: the per-tensor lists under ``torch.compile``, for chains
             that are not ``flat_ok`` (per-tensor reductions); ``False``: always the eager
             multi-tensor path.
-        nonfinite: what a step does when a gradient of a param group holds NaN or infinity:
+        nonfinite: what a step does when a gradient holds NaN or infinity:
             ``"ignore"`` (default, as torch.optim: the step runs and the NaN spreads),
-            ``"skip"`` (that group's step is skipped: parameters, state and step count stay as
-            they were, like a loss scaler's skipped step) or ``"raise"``
-            (:class:`NonFiniteGradientError`). Checking costs one reduction and one read back
-            per group and step.
+            ``"skip"`` (the whole step is skipped: parameters, state and step counts of every
+            group stay as they were, like a loss scaler's skipped step) or ``"raise"``
+            (:class:`NonFiniteGradientError`). Checking costs one reduction over the gradients
+            and one read back per step.
 
     Construction options (``fused``, ``nonfinite``, and a named optimizer's own such as
     ``amsgrad``) are set once for the whole optimizer; a param group that sets one is refused.
@@ -82,7 +82,17 @@ class ChainOptimizer(Optimizer):
     whose transforms all allow it; zero-element parameters are skipped.
 
     Example:
-        >>> opt = ChainOptimizer(model.parameters(), chain(scale_by_adam(), scale_by_lr()), {"lr": 1e-3})
+        >>> import torch
+        >>> from gradkit import ChainOptimizer, chain
+        >>> from gradkit.transforms import ScaleByAdam, ScaleByLearningRate
+        >>> w = torch.nn.Parameter(torch.ones(3))
+        >>> opt = ChainOptimizer([w], chain(ScaleByAdam(), ScaleByLearningRate()), {"lr": 0.1})
+        >>> w.grad = torch.tensor([1.0, -2.0, 0.5])
+        >>> opt.step()
+        >>> w.detach()  # Adam's first step moves every coordinate by lr against its gradient
+        tensor([0.9000, 1.1000, 0.9000])
+        >>> sorted(opt.state[w])
+        ['exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'step']
     """
 
     #: names of construction options, which a param group may not set
@@ -179,11 +189,18 @@ class ChainOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._step_groups(closure, loss)
+        return loss
+
+    def _step_groups(self, closure: Callable[[], Any] | None, loss: Any) -> None:
+        """Step every param group with the gradients now in ``p.grad``, after the ``nonfinite``
+        check (one for the whole step: a skipped step leaves every group untouched)."""
+        if not self._finite_or_skip():
+            return
         for group in self.param_groups:
             if not self._flat_step(group, closure, loss):
                 self._flat.pop(id(group), None)  # eager step: rebuild flat buffers next time
                 self._step_group(group, closure, loss)
-        return loss
 
     # ------------------------------------------------------------------ flat fast path
     def _flat_mode(self, group: dict[str, Any]) -> str | None:
@@ -215,8 +232,6 @@ class ChainOptimizer(Optimizer):
                 return False
             self._flat[id(group)] = fg
         fg.adopt_grads()
-        if not self._finite_or_skip([fg.grad_flat]):
-            return True
         step = fg.step + 1
         state = {k: [v] for k, v in fg.state_flat.items()}
         try:
@@ -293,9 +308,17 @@ class ChainOptimizer(Optimizer):
                 grads.append(p.grad)
         return params, grads, owners
 
-    def _finite_or_skip(self, grads: list[Tensor]) -> bool:
-        """Apply the ``nonfinite`` policy to this group's gradients; False: skip the step."""
-        if self.nonfinite == "ignore" or gradients_are_finite(grads):
+    def _finite_or_skip(self) -> bool:
+        """Apply the ``nonfinite`` policy to the gradients of all groups; False: skip the step."""
+        if self.nonfinite == "ignore":
+            return True
+        grads = [
+            p.grad
+            for group in self.param_groups
+            for p in group["params"]
+            if p.grad is not None and not p.grad.is_sparse and p.numel() > 0
+        ]
+        if gradients_are_finite(grads):
             return True
         if self.nonfinite == "skip":
             return False
@@ -316,7 +339,7 @@ class ChainOptimizer(Optimizer):
         self, group: dict[str, Any], closure: Callable[[], Any] | None, loss: Any
     ) -> None:
         params, grads, owners = self._gather(group)
-        if not params or not self._finite_or_skip(grads):
+        if not params:
             return
         self._init_state(params, owners)
         states = [self.state[p] for p in owners]

@@ -255,5 +255,13 @@ class Chain(GradientTransformation):
 
 
 def chain(*transforms: GradientTransformation) -> Chain:
-    """Compose transforms: ``chain(scale_by_adam(), add_decayed_weights(), scale_by_lr())``."""
+    """Compose transforms, applied left to right.
+
+    >>> from gradkit.transforms import DecoupledWeightDecay, ScaleByAdam, ScaleByLearningRate
+    >>> adamw = chain(ScaleByAdam(), DecoupledWeightDecay(), ScaleByLearningRate())
+    >>> sorted(adamw.specs())  # the group hyperparameters the chain reads
+    ['amsgrad', 'betas', 'eps', 'lr', 'weight_decay']
+    >>> adamw.state_names()
+    ('exp_avg', 'exp_avg_sq', 'max_exp_avg_sq')
+    """
     return Chain(*transforms)

@@ -161,6 +161,5 @@ class EntropySGD(RecipeOptimizer):
             p.copy_(x)
             direction = (x - m).mul_(gam)
             p.grad = direction.neg_() if g["maximize"] else direction
-        for group in self.param_groups:
-            self._step_group(group, closure, loss)
+        self._step_groups(closure, loss)
         return loss

@@ -78,8 +78,7 @@ class ExtraGradient(RecipeOptimizer):
             closure()
         if params:
             torch._foreach_copy_(params, saved)
-        for group in self.param_groups:
-            self._step_group(group, closure, loss)
+        self._step_groups(closure, loss)
         return loss
 
 

@@ -117,6 +117,16 @@ def create_optimizer(
             Optimizers that treat parameters by role (Muon and its family) need the module.
         name: a registered name, e.g. ``"adamw"``; see :func:`list_optimizers`.
         **hyperparams: passed to the optimizer's constructor.
+
+    >>> import torch, gradkit
+    >>> model = torch.nn.Linear(4, 2)
+    >>> opt = gradkit.create_optimizer(model, "Lion-Kappa", lr=1e-4, kappa="huber")
+    >>> type(opt).__name__, opt.options["kappa"], opt.param_groups[0]["lr"]
+    ('LionKappa', 'huber', 0.0001)
+    >>> gradkit.create_optimizer(model, "adamz")
+    Traceback (most recent call last):
+    ...
+    gradkit.errors.UnknownNameError: unknown optimizer 'adamz'; known optimizers: adago, ...
     """
     info = get_info(name)
     if isinstance(model_or_params, nn.Module):
