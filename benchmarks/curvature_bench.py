@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from gradkit.bench.tasks_mnist1d import mnist1d_mlp
+from gradkit.bench.tasks.builtin.mnist1d import mnist1d_mlp
 from gradkit.curvature import HessianOperator, hutchinson_trace, top_eigenpairs
 
 
