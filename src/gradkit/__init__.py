@@ -16,7 +16,7 @@ from gradkit.errors import UnknownNameError
 from gradkit.optim.registry import OptimizerInfo, create_optimizer, list_optimizers
 from gradkit.roles import ParamRole, assign_roles, param_groups_by_role, params_by_role
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Chain",

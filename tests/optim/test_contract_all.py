@@ -493,3 +493,19 @@ def test_complex_parameters_step_as_their_real_view(name: str) -> None:
                 opt.step()
     for p, q in zip(z, r):
         torch.testing.assert_close(torch.view_as_real(p.detach()), q.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_setting_the_chosen_options_leave_unused_is_refused() -> None:
+    """MARS with ``mars_type="lion"`` has no Adam denominator: an ``eps`` would be ignored."""
+    with pytest.raises(TypeError, match=r"MARS with mars_type='lion' does not use \['eps'\]"):
+        gradkit.create_optimizer(_model(), "mars", mars_type="lion", eps=1e-8)
+    gradkit.create_optimizer(_model(), "mars", mars_type="adamw", eps=1e-8)  # read there
+
+
+def test_a_gradkit_0_1_declaration_gets_a_clear_error() -> None:
+    from gradkit.optim._base import RecipeOptimizer
+
+    with pytest.raises(TypeError, match="default_hyperparameters, which gradkit 0.2 replaced"):
+
+        class Old(RecipeOptimizer):
+            default_hyperparameters = {"lr": 1e-3}

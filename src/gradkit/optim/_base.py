@@ -64,6 +64,16 @@ class RecipeOptimizer(ChainOptimizer):
 
     __signature__ = _DeclaredSignature()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "default_hyperparameters" in cls.__dict__:
+            raise TypeError(
+                f"{cls.__name__} defines default_hyperparameters, which gradkit 0.2 replaced: "
+                "declare group hyperparameters in `hyperparameters = {name: default}` and "
+                "structural settings in `options = (choice(...), flag(...), ...)`, which "
+                "`recipe(self, *, option, ...)` receives (see docs/transforms.md)"
+            )
+
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], **kwargs: Any):
         cls = type(self)
         option_specs = cls.option_specs()
@@ -73,6 +83,14 @@ class RecipeOptimizer(ChainOptimizer):
         transform = self._build(options)
         specs = cls._group_specs_of(transform)
         unknown = sorted(set(kwargs) - set(specs))
+        unused = [n for n in unknown if n in cls.hyperparameters]
+        if unused:  # declared, but the chain these options build never reads it
+            own = {spec.name for spec in cls.options}
+            chosen = ", ".join(f"{k}={v!r}" for k, v in options.items() if k in own)
+            raise TypeError(
+                f"{cls.__name__} with {chosen} does not use {unused}: leave them out (a setting "
+                "that is accepted must change the update)"
+            )
         if unknown:
             raise TypeError(
                 f"{cls.__name__} got unknown hyperparameter(s) or option(s) {unknown}; it takes: "
