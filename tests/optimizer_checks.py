@@ -1,4 +1,5 @@
-"""Problems and checks shared by the batch-B optimizer and transform tests."""
+"""Checks that train two optimizers side by side (``compare``), resume from a checkpoint
+(``resume_is_bit_exact``) or count state buffers, on a small MLP or a noisy quadratic."""
 
 from __future__ import annotations
 

@@ -7,8 +7,7 @@ import torch
 
 from gradkit.optim.adamomentum import AdaMomentum
 
-from ._batch_a_util import (
-    check_bad_hyperparameters,
+from .trajectory_checks import (
     check_float32,
     check_matches_written_out,
     check_resume,
@@ -70,12 +69,6 @@ def test_differs_from_adam() -> None:
         a.step()
         b.step()
     assert float(a.state[x]["exp_avg_sq"][0]) < 0.1 * float(b.state[y]["exp_avg_sq"][0])
-
-
-def test_bad_hyperparameters() -> None:
-    check_bad_hyperparameters(
-        AdaMomentum, [("lr", -1.0), ("betas", (-0.1, 0.9)), ("eps", 0.0), ("weight_decay", -1.0)]
-    )
 
 
 def test_resume_bit_exact() -> None:

@@ -10,9 +10,8 @@ import torch.nn.functional as F
 
 from gradkit.optim.adamp import AdamP
 
-from ._batch_a_invariance import norm_growth
-from ._batch_a_util import (
-    check_bad_hyperparameters,
+from .scale_invariant_problem import norm_growth
+from .trajectory_checks import (
     check_float32,
     check_matches_reference,
     check_matches_written_out,
@@ -112,21 +111,6 @@ def test_keeps_scale_invariant_norm_from_growing() -> None:
 
 def test_flat_ok_is_false() -> None:
     assert not AdamP([torch.zeros(2, 2, requires_grad=True)]).transform.flat_ok
-
-
-def test_bad_hyperparameters() -> None:
-    check_bad_hyperparameters(
-        AdamP,
-        [
-            ("lr", -1.0),
-            ("betas", (0.9, 1.0)),
-            ("eps", -1.0),
-            ("weight_decay", -1.0),
-            ("delta", 0.0),
-            ("wd_ratio", 1.5),
-            ("nesterov", 1),
-        ],
-    )
 
 
 def test_resume_bit_exact() -> None:

@@ -8,10 +8,9 @@ import torch
 from gradkit.optim.adam import Adam
 from gradkit.optim.amsgrad import AMSGrad
 
-from ._batch_a_util import (
+from .trajectory_checks import (
     assert_moves,
     assert_trajectories_close,
-    check_bad_hyperparameters,
     check_resume,
     run_optax,
     run_torch,
@@ -69,12 +68,6 @@ def test_convex_counter_example_of_reddi_et_al() -> None:
 def test_requires_amsgrad_flag() -> None:
     with pytest.raises(ValueError, match="amsgrad"):
         AMSGrad([torch.zeros(1, requires_grad=True)], amsgrad=False)
-
-
-def test_bad_hyperparameters() -> None:
-    check_bad_hyperparameters(
-        AMSGrad, [("lr", -1.0), ("betas", (0.9, 1.0)), ("eps", -1.0), ("weight_decay", -1.0)]
-    )
 
 
 def test_resume_bit_exact() -> None:

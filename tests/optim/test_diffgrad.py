@@ -9,8 +9,7 @@ import torch
 
 from gradkit.optim.diffgrad import DiffGrad
 
-from ._batch_a_util import (
-    check_bad_hyperparameters,
+from .trajectory_checks import (
     check_float32,
     check_matches_reference,
     check_matches_written_out,
@@ -97,12 +96,6 @@ def test_friction_halves_the_first_step_of_a_tiny_gradient() -> None:
     opt.step()
     assert torch.allclose(p.detach(), torch.full((3,), -0.05), rtol=1e-3)
     assert math.isclose(float(p.detach()[0]), -0.1 / (1 + math.exp(-1e-4)), rel_tol=1e-3)
-
-
-def test_bad_hyperparameters() -> None:
-    check_bad_hyperparameters(
-        DiffGrad, [("lr", -1.0), ("betas", (1.0, 0.9)), ("eps", -1e-8), ("weight_decay", -1.0)]
-    )
 
 
 def test_resume_bit_exact() -> None:

@@ -17,7 +17,7 @@ from helpers import (
     single_threaded_tests,  # noqa: F401  (autouse: one intra-op thread)
     train,
 )
-from helpers_batch_b import resume_is_bit_exact
+from optimizer_checks import resume_is_bit_exact
 
 
 def _reference(
@@ -119,22 +119,3 @@ def test_missing_closure_is_a_clear_error():
     opt = EntropySGD(make_mlp().parameters())
     with pytest.raises(RuntimeError, match="EntropySGD needs a closure.*Langevin"):
         opt.step()
-
-
-@pytest.mark.parametrize(
-    ("kw", "match"),
-    [
-        (dict(langevin_steps=0), "langevin_steps must be an integer >= 1"),
-        (dict(langevin_steps=2.5), "langevin_steps must be an integer >= 1"),
-        (dict(gamma=0.0), "gamma must be > 0"),
-        (dict(sgld_lr=-0.1), "sgld_lr must be > 0"),
-        (dict(noise=-1.0), "noise must be >= 0"),
-        (dict(alpha=0.0), "alpha must be in \\(0, 1\\]"),
-        (dict(gamma_scoping=-1e-3), "gamma_scoping must be >= 0"),
-        (dict(momentum=1.0), "momentum must be in \\[0, 1\\)"),
-        (dict(seed="a"), "seed must be an integer or None"),
-    ],
-)
-def test_bad_hyperparameters_raise(kw, match):
-    with pytest.raises(ValueError, match=match):
-        EntropySGD(make_mlp().parameters(), **kw)

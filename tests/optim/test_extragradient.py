@@ -148,15 +148,7 @@ def test_extragradient_missing_closure_is_a_clear_error():
         opt.step()
 
 
-@pytest.mark.parametrize(
-    ("cls", "kw", "match"),
-    [
-        (ExtraGradient, dict(lr=-0.1), "lr must be >= 0"),
-        (OptimisticGD, dict(lr=float("inf")), "lr must be >= 0"),
-        (OptimisticGD, dict(og_alpha=-1.0), "og_alpha must be >= 0"),
-        (OptimisticGD, dict(og_beta=-1.0), "og_beta must be >= 0"),
-    ],
-)
-def test_bad_hyperparameters_raise(cls, kw, match):
-    with pytest.raises(ValueError, match=match):
-        cls([nn.Parameter(torch.zeros(2))], **kw)
+def test_infinite_lr_is_refused():
+    """inf is not among the generated invalid values (NaN and below the bound are)."""
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        OptimisticGD([nn.Parameter(torch.zeros(2))], lr=float("inf"))

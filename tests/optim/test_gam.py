@@ -18,7 +18,7 @@ from helpers import (
     single_threaded_tests,  # noqa: F401  (autouse: one intra-op thread)
     train,
 )
-from helpers_batch_b import resume_is_bit_exact
+from optimizer_checks import resume_is_bit_exact
 
 XI = 1e-12
 
@@ -115,17 +115,3 @@ def test_maximize_is_refused():
     x, y = regression_batches(1)[0]
     with pytest.raises(ValueError, match="maximize"):
         opt.step(mse_closure(opt, model, x, y))
-
-
-@pytest.mark.parametrize(
-    ("kw", "match"),
-    [
-        (dict(rho=-1.0), "rho must be >= 0"),
-        (dict(alpha=-0.5), "alpha must be >= 0"),
-        (dict(fd_radius=0.0), "fd_radius must be > 0"),
-        (dict(perturb_eps=float("nan")), "perturb_eps must be > 0"),
-    ],
-)
-def test_bad_hyperparameters_raise(kw, match):
-    with pytest.raises(ValueError, match=match):
-        GAM(make_mlp().parameters(), **kw)

@@ -8,7 +8,7 @@ import torch
 
 import gradkit
 from gradkit.optim.gravity import Gravity
-from helpers_batch_b import compare, one_step, resume_is_bit_exact, state_buffers
+from optimizer_checks import compare, one_step, resume_is_bit_exact, state_buffers
 
 
 @pytest.mark.parametrize("problem", ["mlp", "quadratic"])
@@ -43,21 +43,6 @@ def test_written_out_algorithm():
         v = b * v + (1 - b) * zeta
         x = x - lr * v
     torch.testing.assert_close(p.detach().double(), x, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "name"),
-    [
-        (dict(lr=0.0), "lr"),
-        (dict(alpha=0.0), "alpha"),
-        (dict(alpha=1.5), "alpha"),
-        (dict(beta=-0.1), "beta"),
-        (dict(beta=1.1), "beta"),
-    ],
-)
-def test_bad_hyperparameters(kwargs, name):
-    with pytest.raises(ValueError, match=name):
-        Gravity([torch.zeros(2, requires_grad=True)], **kwargs)
 
 
 def test_resume_is_bit_exact(tmp_path):

@@ -7,9 +7,8 @@ import torch
 
 from gradkit.optim.madgrad import MADGRAD
 
-from ._batch_a_util import (
+from .trajectory_checks import (
     assert_trajectories_close,
-    check_bad_hyperparameters,
     check_float32,
     check_matches_reference,
     check_matches_written_out,
@@ -113,12 +112,6 @@ def test_x0_only_with_momentum() -> None:
         w.grad = torch.randn(3, 2)
         opt.step()
         assert opt.state[w]["x0"].numel() == numel
-
-
-def test_bad_hyperparameters() -> None:
-    check_bad_hyperparameters(
-        MADGRAD, [("lr", -1.0), ("momentum", 1.0), ("eps", -1.0), ("weight_decay", -1.0)]
-    )
 
 
 def test_resume_bit_exact() -> None:

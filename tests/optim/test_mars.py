@@ -12,7 +12,7 @@ from torch import nn
 import gradkit
 from gradkit.optim.mars import MARS
 from helpers import make_mlp, max_rel_diff, regression_batches, train
-from helpers_batch_b import Quadratic, compare, resume_is_bit_exact, train_quadratic
+from optimizer_checks import Quadratic, compare, resume_is_bit_exact, train_quadratic
 
 
 def _first_grads(model, problem):
@@ -32,7 +32,9 @@ def _first_grads(model, problem):
 def test_matches_pytorch_optimizer(problem, mars_type, lr):
     model = make_mlp(0) if problem == "mlp" else Quadratic()
     a, b = copy.deepcopy(model), copy.deepcopy(model)
-    kw = dict(lr=lr, weight_decay=0.1, mars_type=mars_type, eps=1e-12)
+    kw = dict(lr=lr, weight_decay=0.1, mars_type=mars_type)
+    if mars_type == "adamw":  # the sign direction reads no eps (MARS refuses one with "lion")
+        kw["eps"] = 1e-12
     ours = MARS(a.parameters(), **kw)
     theirs = po.MARS(b.parameters(), optimize_1d=True, **kw)
     # pytorch-optimizer starts from g_0 = 0; the paper's x_1 = x_0 gives no correction at t = 1.
@@ -95,23 +97,6 @@ def test_group_without_correction_is_adamw():
         return torch.optim.AdamW(p, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
 
     assert compare(ours, theirs) < 1e-6
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "name"),
-    [
-        (dict(lr=-1.0), "lr"),
-        (dict(betas=(1.0, 0.99)), "betas"),
-        (dict(gamma=-0.1), "gamma"),
-        (dict(max_correction_norm=0.0), "max_correction_norm"),
-        (dict(eps=-1.0), "eps"),
-        (dict(weight_decay=-1.0), "weight_decay"),
-        (dict(mars_type="shampoo"), "mars_type"),
-    ],
-)
-def test_bad_hyperparameters(kwargs, name):
-    with pytest.raises(ValueError, match=name):
-        MARS([torch.zeros(2, requires_grad=True)], **kwargs)
 
 
 @pytest.mark.parametrize("mars_type", ["adamw", "lion"])

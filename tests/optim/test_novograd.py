@@ -7,9 +7,8 @@ import torch
 
 from gradkit.optim.novograd import NovoGrad
 
-from ._batch_a_util import (
+from .trajectory_checks import (
     assert_trajectories_close,
-    check_bad_hyperparameters,
     check_float32,
     check_matches_reference,
     check_matches_written_out,
@@ -108,12 +107,6 @@ def test_layer_scale_invariance() -> None:
         w1.grad, w2.grad = g.clone(), 1000 * g
         opt.step()
     torch.testing.assert_close(w1.detach(), w2.detach(), rtol=1e-6, atol=1e-7)
-
-
-def test_bad_hyperparameters() -> None:
-    check_bad_hyperparameters(
-        NovoGrad, [("lr", -1.0), ("betas", (0.9,)), ("eps", -1.0), ("weight_decay", -1e-3)]
-    )
 
 
 def test_resume_bit_exact() -> None:

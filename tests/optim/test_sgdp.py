@@ -7,15 +7,14 @@ import torch
 
 from gradkit.optim.sgdp import SGDP
 
-from ._batch_a_invariance import norm_growth
-from ._batch_a_util import (
-    check_bad_hyperparameters,
+from .scale_invariant_problem import norm_growth
+from .test_adamp import project
+from .trajectory_checks import (
     check_float32,
     check_matches_reference,
     check_matches_written_out,
     check_resume,
 )
-from .test_adamp import project
 
 LR, MOM, WD = 0.02, 0.9, 1e-2
 # float64 tolerance rtol 1e-8: the decay factor lr * wd * r / (1 - mu) is rounded in another order
@@ -99,19 +98,8 @@ def test_keeps_scale_invariant_norm_from_growing() -> None:
     assert sgdp_loss < 1.1 * sgd_loss
 
 
-def test_bad_hyperparameters() -> None:
-    check_bad_hyperparameters(
-        SGDP,
-        [
-            ("lr", -1.0),
-            ("momentum", 1.0),
-            ("dampening", 2.0),
-            ("weight_decay", -1.0),
-            ("delta", -0.1),
-            ("wd_ratio", -0.1),
-            ("eps", -1.0),
-        ],
-    )
+def test_nesterov_needs_momentum() -> None:
+    """A cross-field constraint (Nesterov needs momentum > 0), beyond any single setting's range."""
     with pytest.raises(ValueError, match="Nesterov"):
         SGDP([torch.zeros(1, requires_grad=True)], momentum=0.0, nesterov=True)
 

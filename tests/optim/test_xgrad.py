@@ -17,7 +17,7 @@ from helpers import (
     single_threaded_tests,  # noqa: F401  (autouse: one intra-op thread)
     train,
 )
-from helpers_batch_b import resume_is_bit_exact
+from optimizer_checks import resume_is_bit_exact
 
 
 def _reference(model, batches, kind, s, lr, wd=0.0, momentum=0.9, betas=(0.9, 0.999), eps=1e-8):
@@ -105,8 +105,6 @@ def test_missing_closure_is_a_clear_error():
 
 def test_bad_settings_raise():
     params = list(make_mlp().parameters())
-    with pytest.raises(ValueError, match="prediction_steps must be >= 0"):
-        XGrad(params, prediction_steps=-1)
     with pytest.raises(ValueError, match="momentum in \\(0, 1\\)"):
         XGrad(params, "sgd", momentum=0.0)
     with pytest.raises(ValueError, match="nesterov=False"):

@@ -1,4 +1,6 @@
-"""Shared helpers of the batch-A optimizer tests: small random problems and trajectory runs."""
+"""Trajectory checks for optimizer tests: two small float64 problems (an MLP with a batch norm, a
+random SPD quadratic), runs of an optimizer, a written-out update or an optax transformation over
+them, comparisons of the recorded trajectories, and a save/resume check."""
 
 from __future__ import annotations
 
@@ -250,11 +252,3 @@ def check_resume(factory: Factory, steps: int = 30) -> None:
         opt2.step()
     for a, b in zip(fresh.parameters(), ref.parameters()):
         assert torch.equal(a, b)
-
-
-def check_bad_hyperparameters(cls: type, cases: list[tuple[str, object]]) -> None:
-    """Each (name, bad value) raises ValueError naming the hyperparameter, at construction."""
-    p = [torch.zeros(2, requires_grad=True)]
-    for name, value in cases:
-        with pytest.raises(ValueError, match=name):
-            cls(p, **{name: value})

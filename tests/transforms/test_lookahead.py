@@ -15,7 +15,7 @@ from gradkit.core.transform import chain
 from gradkit.transforms.lookahead import Lookahead
 from gradkit.transforms.moments import Momentum, ScaleByAdam
 from gradkit.transforms.scaling import ScaleByLearningRate
-from helpers_batch_b import compare
+from optimizer_checks import compare
 
 
 def _ours_sgd(p):

@@ -23,9 +23,14 @@ import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
-from matplotlib.figure import Figure
+
+from gradkit._optional import import_optional
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from gradkit.curvature._utils import check_nonnegative, is_real
@@ -140,7 +145,8 @@ class EffectiveLRTracker:
 
     def plot(self) -> Figure:
         """Effective learning rate of each tracked parameter against step (log scale)."""
-        fig = Figure(figsize=(5.5, 4.0), layout="constrained")
+        figure = import_optional("matplotlib.figure", "EffectiveLRTracker.plot")
+        fig = figure.Figure(figsize=(5.5, 4.0), layout="constrained")
         ax = fig.add_subplot(1, 1, 1)
         for n, v in self.history.items():
             ax.plot(self.steps, v, label=n)

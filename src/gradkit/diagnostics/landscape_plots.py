@@ -8,20 +8,24 @@ they work headless; save them with ``fig.savefig(path)``. Each helper accepts an
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
+from gradkit._optional import import_optional
 from gradkit.diagnostics.connectivity import InterpolationResult
 from gradkit.diagnostics.landscape import Slice1D, Slice2D
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 def _axes(ax: Axes | None, projection: str | None = None) -> tuple[Figure, Axes]:
     if ax is not None:
         return ax.figure, ax  # type: ignore[return-value]
-    fig = Figure(figsize=(6.0, 4.8), layout="constrained")
+    figure = import_optional("matplotlib.figure", "landscape plots")
+    fig = figure.Figure(figsize=(6.0, 4.8), layout="constrained")
     ax = fig.add_subplot(1, 1, 1, projection=projection)
     ax.locator_params(nbins=5)
     return fig, ax

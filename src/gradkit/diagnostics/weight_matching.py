@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from gradkit._optional import import_optional
 from gradkit.curvature._utils import check_positive_int
 
 _ELEMENTWISE = (
@@ -217,6 +217,7 @@ def weight_matching(
     touching = {p: spec.touching(p) for p in spec.sizes}
     rng = np.random.default_rng(seed)
     names = list(spec.sizes)
+    assignment = import_optional("scipy.optimize", "weight matching")
     for _ in range(max_iter):
         changed = False
         for idx in rng.permutation(len(names)):
@@ -228,7 +229,7 @@ def weight_matching(
                 wb = _permuted(spec, key, sd_b[key], perms, except_axis=axis)
                 cost += wa @ wb.movedim(axis, 0).reshape(n, -1).T
             c = cost.numpy()
-            _, col = linear_sum_assignment(c, maximize=True)
+            _, col = assignment.linear_sum_assignment(c, maximize=True)
             old = c[np.arange(n), perms[p].numpy()].sum()
             new = c[np.arange(n), col].sum()
             if new > old + 1e-12 * max(1.0, abs(old)):
