@@ -163,9 +163,6 @@ class ChainOptimizer(Optimizer):
         state["_compiled"] = None
         return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-
     # ------------------------------------------------------------------ stepping
     @property
     def needs_closure(self) -> bool:
