@@ -69,3 +69,19 @@ def test_unknown_name_lists_known_ones():
 def test_one_name_normalisation():
     for spelling in ("Stable-SPAM", "stable spam", "stable_spam", " STABLE-spam "):
         assert gradkit.optim.registry.get_info(spelling).name == "stable_spam"
+
+
+def test_no_catalogue_ids_in_the_code_docs_or_cli():
+    """Papers are cited by title, authors, year and arXiv id; an internal catalogue id such as
+    ``P022`` means nothing to a user."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    files = [root / "README.md", *(root / "docs").glob("*.md"), *(root / "src").rglob("*.py")]
+    hits = [
+        f"{path.relative_to(root)}:{n}"
+        for path in files
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\bP\d{3}\b", line)
+    ]
+    assert hits == []
