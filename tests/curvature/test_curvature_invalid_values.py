@@ -7,7 +7,6 @@ each case checks the parameter named, the value shown and the allowed range stat
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 import torch
@@ -23,8 +22,7 @@ from gradkit.curvature import (
     top_eigenpairs,
 )
 from helpers import single_threaded_tests  # noqa: F401  (autouse: one intra-op thread)
-
-TEMPLATE = re.compile(r"^Invalid (?P<name>\w+): (?P<value>.+); (?P=name) must be (?P<allowed>.+)$")
+from invalid_value_cases import assert_invalid_value_message, case_id
 
 
 def _problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -115,24 +113,11 @@ CASES = [
 ]
 
 
-def _case_id(case) -> str:
-    call, name, value, _ = case
-    return f"{name}={value!r}"
-
-
 @pytest.mark.parametrize(
-    ("call", "name", "value", "allowed"), CASES, ids=[_case_id(c) for c in CASES]
+    ("call", "name", "value", "allowed"), CASES, ids=[case_id(c) for c in CASES]
 )
 def test_invalid_value_message(call, name, value, allowed):
-    with pytest.raises(ValueError) as info:
-        call()
-    message = str(info.value)
-    match = TEMPLATE.match(message)
-    assert match is not None, f"not the invalid-value template: {message!r}"
-    assert match["name"] == name
-    assert match["value"] == repr(value)
-    assert match["allowed"] == allowed
-    assert message == f"Invalid {name}: {value!r}; {name} must be {allowed}"
+    assert_invalid_value_message(call, name, value, allowed)
 
 
 def test_lanczos_refuses_a_zero_start_vector():

@@ -10,7 +10,6 @@ argument is refused before any work is done. Unknown names raise
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 import torch
@@ -38,8 +37,7 @@ from gradkit.diagnostics.subspace import SubspaceTracker, gradient_subspace
 from gradkit.diagnostics.weight_matching import weight_matching
 from gradkit.errors import UnknownNameError
 from helpers import single_threaded_tests  # noqa: F401  (autouse: one intra-op thread)
-
-TEMPLATE = re.compile(r"^Invalid (?P<name>\w+): (?P<value>.+); (?P=name) must be (?P<allowed>.+)$")
+from invalid_value_cases import assert_invalid_value_message, case_id
 
 MODEL, X, Y = linear_regression(0, 16, 4, scale=(0.5, 2.0))
 DATA = (X, Y)
@@ -193,24 +191,11 @@ CASES = [
 ]
 
 
-def _case_id(case) -> str:
-    call, name, value, _ = case
-    return f"{name}={value!r}"
-
-
 @pytest.mark.parametrize(
-    ("call", "name", "value", "allowed"), CASES, ids=[_case_id(c) for c in CASES]
+    ("call", "name", "value", "allowed"), CASES, ids=[case_id(c) for c in CASES]
 )
 def test_invalid_value_message(call, name, value, allowed):
-    with pytest.raises(ValueError) as info:
-        call()
-    message = str(info.value)
-    match = TEMPLATE.match(message)
-    assert match is not None, f"not the invalid-value template: {message!r}"
-    assert match["name"] == name
-    assert match["value"] == repr(value)
-    assert match["allowed"] == allowed
-    assert message == f"Invalid {name}: {value!r}; {name} must be {allowed}"
+    assert_invalid_value_message(call, name, value, allowed)
 
 
 def test_roughness_grid_is_checked_before_any_slice():
