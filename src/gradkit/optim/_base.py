@@ -54,9 +54,6 @@ class RecipeOptimizer(ChainOptimizer):
     hyperparameters: ClassVar[Mapping[str, Any]] = {}
     #: construction options (specifications), passed to ``recipe``
     options: ClassVar[tuple[Hyperparameter, ...]] = ()
-    #: construction options fixed by the class (AMSGrad: ``amsgrad=True``); only checked
-    #: against a loaded state dict that records them
-    implied_options: ClassVar[Mapping[str, Any]] = {}
     #: True if ``recipe`` takes ``fused`` itself (an own fast path), so the generic flat path
     #: does not apply
     recipe_takes_fused: ClassVar[bool] = False
@@ -97,7 +94,7 @@ class RecipeOptimizer(ChainOptimizer):
                 f"{', '.join([*specs, *option_specs])}"
             )
         self.options: dict[str, Any] = options
-        self.construction_options = frozenset(option_specs) | frozenset(cls.implied_options)
+        self.construction_options = frozenset(option_specs)
         super().__init__(
             params,
             transform,
@@ -158,7 +155,7 @@ class RecipeOptimizer(ChainOptimizer):
         raise NotImplementedError
 
     def construction_option_values(self) -> dict[str, Any]:
-        return {**self.implied_options, **self.options}
+        return dict(self.options)
 
 
 def _with_default(spec: Hyperparameter, default: Any) -> Hyperparameter:
