@@ -23,7 +23,9 @@ class StableWeightDecay(GradientTransformation):
     ``mean(v_hat)`` is the mean over all entries of the param group of the bias-corrected
     second moment of an adaptive transform earlier in the chain (``source``, e.g.
     :class:`~gradkit.transforms.pnm.ScaleByAdaPNM`), read at this step. Dividing by it keeps the
-    effective decay comparable to the adaptive step size. Updates pass through unchanged.
+    effective decay comparable to the adaptive step size. Updates pass through unchanged. While
+    ``mean(v_hat)`` is 0 (every gradient so far zero) there is no decay: the factor would be
+    infinite (pytorch-optimizer's Ranger21 divides by zero there).
 
     Xie, Sato & Sugiyama, "Understanding and Scheduling Weight Decay" (stable weight decay),
     arXiv 2011.11152; used by Ranger21, arXiv 2106.13731.
@@ -42,7 +44,10 @@ class StableWeightDecay(GradientTransformation):
             return updates
         lr = ctx.group["lr"]
         lr = lr.item() if isinstance(lr, torch.Tensor) else lr
-        factor = 1.0 - (lr * wd) / self.source.mean_second_moment().sqrt()
+        mean_v = self.source.mean_second_moment()
+        # mean(v_hat) == 0 (only zero gradients so far) leaves the decay undefined: no decay
+        # then, instead of an infinite factor (the references divide by zero there)
+        factor = torch.where(mean_v > 0, 1.0 - (lr * wd) / mean_v.sqrt(), torch.ones_like(mean_v))
         torch._foreach_mul_(params, factor.to(device=params[0].device, dtype=params[0].dtype))
         return updates
 
