@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "Betas",
     "Choice",
     "Flag",
+    "Predicate",
     "interval",
     "integer",
     "betas",
@@ -213,6 +214,41 @@ class Flag(Hyperparameter):
 
     def invalid_examples(self) -> list[Any]:
         return ["yes"]
+
+
+@dataclass(frozen=True)
+class Predicate(Hyperparameter):
+    """A value that ``check`` accepts; ``allowed`` describes it for the error message.
+
+    For a transform of your own whose values no other specification describes. Use a
+    module-level function as ``check`` so that optimizers holding it still pickle (a lambda
+    deep-copies but does not pickle).
+
+    >>> even = Predicate("groups", 2, check=lambda v: isinstance(v, int) and v % 2 == 0,
+    ...                  allowed="an even integer")
+    >>> even.validate(3)
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid groups: 3; groups must be an even integer
+    """
+
+    check_fn: Callable[[Any], bool] | None = None
+    description: str = "a valid value"
+
+    def __init__(
+        self, name: str, default: Any, *, check: Callable[[Any], bool], allowed: str
+    ) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "default", default)
+        object.__setattr__(self, "check_fn", check)
+        object.__setattr__(self, "description", allowed)
+
+    @property
+    def allowed(self) -> str:
+        return self.description
+
+    def check(self, value: Any) -> bool:
+        return bool(self.check_fn(value))
 
 
 def interval(

@@ -19,7 +19,7 @@ From this one declaration come the defaults, the chain, the signature that ``hel
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
@@ -159,5 +159,7 @@ class RecipeOptimizer(ChainOptimizer):
 
 
 def _with_default(spec: Hyperparameter, default: Any) -> Hyperparameter:
-    """``spec`` with another default (specifications are frozen dataclasses)."""
-    return dataclasses.replace(spec, default=default)
+    """``spec`` with another default (specifications are frozen: a changed copy)."""
+    new = copy.copy(spec)
+    object.__setattr__(new, "default", default)
+    return new
