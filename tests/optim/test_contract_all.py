@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import pydoc
 import io
 
 import pytest
@@ -269,6 +270,14 @@ def test_signature_shows_every_argument_with_its_default(name: str) -> None:
     assert shown == {n: s.default for n, s in {**groups, **options}.items()}
     assert {"lr", "fused", "nonfinite", "maximize"} <= set(shown)
     assert set(cls.hyperparameters) <= set(groups)  # no declared default the chain never reads
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_help_shows_the_settings(name: str) -> None:
+    cls = get_info(name).cls
+    text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+    if hasattr(cls, "group_specs"):
+        assert f"{cls.__name__}(params, *, lr=" in text
 
 
 def _invalid_cases() -> list[tuple[str, str, object]]:

@@ -38,10 +38,14 @@ _CORE_OPTIONS: tuple[Hyperparameter, ...] = (FUSED, NONFINITE)
 class _DeclaredSignature:
     """``cls.__signature__``, computed from the class's declaration when first asked for."""
 
-    def __get__(self, obj: Any, cls: type) -> inspect.Signature:
+    def __get__(self, obj: Any, cls: type) -> inspect.Signature | None:
+        try:
+            settings = {**cls.group_specs(), **cls.option_specs()}
+        except NotImplementedError:  # a base class without a recipe: inspect looks further
+            return None
         params = [inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
         kw = inspect.Parameter.KEYWORD_ONLY
-        for name, spec in {**cls.group_specs(), **cls.option_specs()}.items():
+        for name, spec in settings.items():
             params.append(inspect.Parameter(name, kw, default=spec.default))
         return inspect.Signature(params)
 
