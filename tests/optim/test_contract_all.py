@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import copy
 import inspect
-import pydoc
 import io
+import pydoc
 
 import pytest
 import torch
