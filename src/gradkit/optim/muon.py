@@ -142,6 +142,20 @@ class GeometryAwareOptimizer(RecipeOptimizer):
         if not items:
             raise ValueError("optimizer got an empty parameter list")
         raw = [dict(g) for g in items] if isinstance(items[0], dict) else [{"params": items}]
+        if not isinstance(items[0], dict) and any(
+            isinstance(p, Tensor) and p.ndim >= 2 for p in items
+        ):
+            import warnings
+
+            warnings.warn(
+                "Muon got a plain parameter list: it cannot tell the output head (or an "
+                "embedding) from hidden matrices, so every tensor with ndim >= 2, the head "
+                "included, takes the matrix update; pass the model instead "
+                "(Muon.from_module(model) or gradkit.create_optimizer(model, 'muon')), or "
+                "param groups with use_muon set",
+                UserWarning,
+                stacklevel=4,
+            )
         groups: list[dict[str, Any]] = []
         for g in raw:
             ps = g["params"]
