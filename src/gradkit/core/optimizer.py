@@ -344,7 +344,7 @@ class ChainOptimizer(Optimizer):
         torch._foreach_add_(step_tensors, 1.0)
         keys = [k for k in states[0] if k != "step"]
         state = {k: [st[k] for st in states] for k in keys}
-        steps = [int(s.item()) for s in step_tensors]
+        steps = [int(t) for t in torch.stack(step_tensors).tolist()]  # one read, not one a tensor
         try:
             if self._use_compiled_group(steps, closure):
                 self._compiled_step()(

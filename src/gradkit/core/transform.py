@@ -111,6 +111,9 @@ class GradientTransformation:
     #: True if the math has a meaning on the real view of complex parameters (elementwise
     #: rules); False refuses complex parameters with a clear error (matrix methods)
     complex_ok: ClassVar[bool] = True
+    #: True if ``update`` returns ``updates`` unchanged (it acts on params or state only, like
+    #: decoupled weight decay); the core may then hand it a ratio still to be formed (below)
+    passes_updates_through: ClassVar[bool] = False
 
     def init(self, params: TensorList) -> State:
         return {}
@@ -136,6 +139,15 @@ class GradientTransformation:
         """Old (positional, gradkit <= 0.1) state key -> current name, for loading old
         checkpoints. A plain transform's keys never changed; composites override this."""
         return {name: name for name in self.state_names()}
+
+    # Optional fast forms, used by the core to fuse the end of a chain (see Chain.apply):
+    #
+    # ``update_as_ratio(updates, state, params, ctx) -> (num, den, divisor)``: the same update as
+    #     ``update``, returned unformed as ``num / den / divisor`` (``divisor`` one number or one
+    #     per tensor), so that the step ``p -= (lr / divisor) * num / den`` is one ``addcdiv_``.
+    # ``apply_step(params, updates, ctx)`` / ``apply_ratio(params, num, den, divisor, ctx)``: for
+    #     the last transform of a chain (the learning rate): add its output to ``params`` in
+    #     place instead of returning it, so the step costs no extra pass.
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -236,18 +248,45 @@ class Chain(GradientTransformation):
     def update(
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
-        for t, names in zip(self.transforms, self._names):
-            sub = {local: state[name] for local, name in names.items()}
-            updates = t.update(updates, sub, params, ctx)
-        return updates
+        return self._run(range(len(self.transforms)), updates, state, params, ctx)
 
     def apply(self, params: TensorList, grads: TensorList, state: State, ctx: StepContext) -> None:
         """One optimizer step: ``params += chain(grads)`` (of ``-grads`` with ``maximize``).
 
-        A ``SkipStep`` raised by a transform leaves ``params`` untouched.
+        The end of the chain is fused when its transforms allow it: a last transform with
+        ``apply_step`` (the learning rate) adds its step to ``params`` in place, and if the
+        transform before it (past any that ``passes_updates_through``) has
+        ``update_as_ratio``, the whole step is one ``p.addcdiv_(num, den, value=-lr/divisor)``,
+        the passes torch.optim's foreach code makes. The result equals the unfused chain's to
+        rounding. A ``SkipStep`` raised by a transform leaves ``params`` untouched.
         """
         updates = torch._foreach_neg(grads) if ctx.group["maximize"] else grads
-        torch._foreach_add_(params, self.update(updates, state, params, ctx))
+        ts = self.transforms
+        if not ts or not hasattr(ts[-1], "apply_step"):
+            torch._foreach_add_(params, self.update(updates, state, params, ctx))
+            return
+        j = len(ts) - 2
+        while j >= 0 and ts[j].passes_updates_through:
+            j -= 1
+        ratio = j >= 0 and hasattr(ts[j], "update_as_ratio")
+        head = j if ratio else len(ts) - 1
+        updates = self._run(range(head), updates, state, params, ctx)
+        if not ratio:
+            ts[-1].apply_step(params, updates, ctx)
+            return
+        num, den, divisor = ts[j].update_as_ratio(updates, self._sub(j, state), params, ctx)
+        self._run(range(j + 1, len(ts) - 1), num, state, params, ctx)  # params/state only
+        ts[-1].apply_ratio(params, num, den, divisor, ctx)
+
+    def _sub(self, i: int, state: State) -> State:
+        return {local: state[name] for local, name in self._names[i].items()}
+
+    def _run(
+        self, which: range, updates: TensorList, state: State, params: TensorList, ctx: StepContext
+    ) -> TensorList:
+        for i in which:
+            updates = self.transforms[i].update(updates, self._sub(i, state), params, ctx)
+        return updates
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(t) for t in self.transforms)

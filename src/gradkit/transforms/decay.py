@@ -50,6 +50,8 @@ class DecoupledWeightDecay(GradientTransformation):
     arXiv 1711.05101.
     """
 
+    passes_updates_through = True
+
     def __init__(
         self, default: float = 0.0, *, key: str = "weight_decay", lr_key: str = "lr"
     ) -> None:

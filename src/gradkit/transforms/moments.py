@@ -133,6 +133,16 @@ class ScaleByAdam(GradientTransformation):
     def update(
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
+        m, denom, bc1 = self.update_as_ratio(updates, state, params, ctx)
+        out = torch._foreach_div(m, denom)
+        torch._foreach_div_(out, bc1)
+        return ctx.owned(out)
+
+    def update_as_ratio(
+        self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
+    ) -> tuple[TensorList, TensorList, float | list[float]]:
+        """The moments' update, unformed: ``(m, sqrt(v) / sqrt(1 - b2^t) + eps, 1 - b1^t)``,
+        i.e. ``m / denom / (1 - b1^t)`` (the divisor one number, or one per tensor)."""
         beta1, beta2 = ctx.group["betas"]
         m, v = _update_adam_moments(state, updates, beta1, beta2)
         if ctx.group["amsgrad"]:
@@ -142,9 +152,6 @@ class ScaleByAdam(GradientTransformation):
                     buf.resize_as_(cur).zero_()
             torch._foreach_maximum_(vmax, v)
             v = vmax
-        bc1 = ctx.per_step(lambda t: 1 - beta1**t)
         bc2_sqrt = ctx.per_step(lambda t: math.sqrt(1 - beta2**t))
         denom = _adam_denominator(v, bc2_sqrt, ctx.group["eps"])
-        out = torch._foreach_div(m, denom)
-        torch._foreach_div_(out, bc1)
-        return ctx.owned(out)
+        return m, denom, ctx.per_step(lambda t: 1 - beta1**t)

@@ -17,13 +17,44 @@ class ScaleByLearningRate(GradientTransformation):
         self.key = key
         self.hyperparameters = (interval(key, default, 0.0),)
 
-    def update(
-        self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
-    ) -> TensorList:
+    def _lr(self, ctx: StepContext) -> float | torch.Tensor:
         lr = ctx.group[self.key]
         if isinstance(lr, torch.Tensor):
             lr = lr.item() if lr.device.type == "cpu" else lr
-        return ctx.owned(torch._foreach_mul(updates, -lr))
+        return lr
+
+    def update(
+        self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
+    ) -> TensorList:
+        return ctx.owned(torch._foreach_mul(updates, -self._lr(ctx)))
+
+    def apply_step(self, params: TensorList, updates: TensorList, ctx: StepContext) -> None:
+        """``p -= lr * u`` in one pass (the chain's fused tail)."""
+        lr = self._lr(ctx)
+        if isinstance(lr, torch.Tensor):  # a device tensor lr: no scalar alpha
+            torch._foreach_add_(params, torch._foreach_mul(updates, -lr))
+        else:
+            torch._foreach_add_(params, updates, alpha=-lr)
+
+    def apply_ratio(
+        self,
+        params: TensorList,
+        num: TensorList,
+        den: TensorList,
+        divisor: float | list[float],
+        ctx: StepContext,
+    ) -> None:
+        """``p -= (lr / divisor) * num / den`` in one ``addcdiv_`` pass (as torch.optim's Adam
+        forms ``step_size = lr / bias_correction1``)."""
+        lr = self._lr(ctx)
+        if isinstance(lr, torch.Tensor):
+            step = torch._foreach_div(num, den)
+            torch._foreach_div_(step, divisor)
+            torch._foreach_add_(params, torch._foreach_mul(step, -lr))
+        elif isinstance(divisor, list):
+            torch._foreach_addcdiv_(params, num, den, [-(lr / d) for d in divisor])
+        else:
+            torch._foreach_addcdiv_(params, num, den, -(lr / divisor))
 
     def __repr__(self) -> str:
         return f"ScaleByLearningRate(key={self.key!r})"
