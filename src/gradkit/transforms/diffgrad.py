@@ -37,24 +37,35 @@ class ScaleByDiffGrad(GradientTransformation):
     def update(
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
+        num, denom, bc1 = self.update_as_ratio(updates, state, params, ctx)
+        torch._foreach_div_(num, denom)
+        torch._foreach_div_(num, bc1)
+        return ctx.owned(num)
+
+    def update_as_ratio(
+        self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
+    ) -> tuple[TensorList, TensorList, float | list[float]]:
+        """``(xi * m, sqrt(v) / sqrt(1 - b2^t) + eps, 1 - b1^t)``: the direction is
+        ``num / den / divisor`` (the core fuses it with the learning rate into one pass)."""
         beta1, beta2 = ctx.group["betas"]
         m, v = _update_adam_moments(state, updates, beta1, beta2)
         prev = state["previous_grad"]
         # friction xi = sigmoid(|g_prev - g|), computed in a fresh buffer
         xi = torch._foreach_sub(prev, updates)
         torch._foreach_abs_(xi)
-        # sigmoid(x) = 1 / (1 + e^-x), written with pow(e, .): torch.compile has fused lowerings
-        # for _foreach_pow(scalar, tensors) but none for _foreach_sigmoid or _foreach_exp (each
-        # would cost an extra eager pass over memory). x >= 0, so e^-x cannot overflow.
-        torch._foreach_neg_(xi)
-        xi = torch._foreach_pow(math.e, xi)
-        torch._foreach_add_(xi, 1.0)
-        torch._foreach_reciprocal_(xi)
+        if torch.compiler.is_compiling():
+            # sigmoid(x) = 1 / (1 + e^-x), written with pow(e, .): torch.compile has fused
+            # lowerings for _foreach_pow(scalar, tensors) but none for _foreach_sigmoid (it would
+            # cost an extra eager pass over memory). x >= 0, so e^-x cannot overflow.
+            torch._foreach_neg_(xi)
+            xi = torch._foreach_pow(math.e, xi)
+            torch._foreach_add_(xi, 1.0)
+            torch._foreach_reciprocal_(xi)
+        else:  # eager: one pass
+            torch._foreach_sigmoid_(xi)
         torch._foreach_copy_(prev, updates)
         denom = _adam_denominator(
             v, ctx.per_step(lambda t: math.sqrt(1 - beta2**t)), ctx.group["eps"]
         )
         torch._foreach_mul_(xi, m)
-        torch._foreach_div_(xi, denom)
-        torch._foreach_div_(xi, ctx.per_step(lambda t: 1 - beta1**t))
-        return ctx.owned(xi)
+        return xi, denom, ctx.per_step(lambda t: 1 - beta1**t)
