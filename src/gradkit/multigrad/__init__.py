@@ -1,0 +1,43 @@
+"""Several gradients at once: per-task (multi-task learning), per-example or per-class gradients
+handed to any optimizer through ``.grad``, and the aggregators that combine them (PCGrad, MGDA,
+UPGrad, Bloop, GradNorm). See docs/gradients.md."""
+
+from gradkit.multigrad._backward import (
+    MultiGradInfo,
+    aggregate_into_grad,
+    backward,
+    jacobian,
+    jacobian_bytes,
+    per_example_jacobian,
+)
+from gradkit.multigrad.aggregators import (
+    MGDA,
+    Aggregator,
+    Bloop,
+    GradNorm,
+    GramianAggregator,
+    Mean,
+    PCGrad,
+    Sum,
+    UPGrad,
+    gramian,
+)
+
+__all__ = [
+    "MGDA",
+    "Aggregator",
+    "Bloop",
+    "GradNorm",
+    "GramianAggregator",
+    "Mean",
+    "MultiGradInfo",
+    "PCGrad",
+    "Sum",
+    "UPGrad",
+    "aggregate_into_grad",
+    "backward",
+    "gramian",
+    "jacobian",
+    "jacobian_bytes",
+    "per_example_jacobian",
+]
