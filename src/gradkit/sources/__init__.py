@@ -1,0 +1,54 @@
+"""Gradient sources: what fills ``.grad`` when backpropagation is not (or not only) the answer.
+
+A :class:`GradientSource` takes a model, a loss function ``loss_fn(output, targets)`` and a
+batch ``(inputs, targets)``, writes gradient estimates into the parameters' ``.grad`` and
+counts its cost (:class:`Cost`); any gradkit or ``torch.optim`` optimizer then steps unchanged.
+:meth:`GradientSource.closure` builds the closure that optimizers such as SAM call.
+
+- :class:`Backprop`: reverse-mode autodiff, the default.
+- :class:`ForwardGradient`: ``(grad . v) v`` from forward-mode JVPs (Baydin et al. 2022).
+- :class:`ZerothOrder`: two-point randomized smoothing (Lin, Zheng, Jordan 2022).
+- :class:`DirectFeedbackAlignment`: fixed random feedback from the output error (Nøkland 2016).
+- :func:`straight_through`, :func:`reinmax`, :func:`straight_through_sign`,
+  :func:`reste_sign`: surrogate gradients through discrete units, as autograd functions.
+
+See ``docs/gradient_sources.md``.
+
+>>> import torch
+>>> from torch import nn
+>>> from gradkit.sources import ForwardGradient
+>>> torch.manual_seed(0) and None
+>>> model = nn.Linear(4, 1)
+>>> x, y = torch.randn(32, 4), torch.randn(32, 1)
+>>> opt = torch.optim.SGD(model.parameters(), lr=0.05)
+>>> source = ForwardGradient(directions=8)
+>>> closure = source.closure(model, nn.functional.mse_loss, (x, y))
+>>> first = closure().item()
+>>> for _ in range(100):
+...     _ = opt.step(closure)
+>>> nn.functional.mse_loss(model(x), y).item() < first
+True
+>>> source.cost.jvp  # 8 directions x 101 closure calls
+808
+"""
+
+from gradkit.sources._base import Backprop, Cost, GradientSource, LossFn
+from gradkit.sources.dfa import DirectFeedbackAlignment, dfa_blocks
+from gradkit.sources.discrete import reinmax, reste_sign, straight_through, straight_through_sign
+from gradkit.sources.forward import ForwardGradient
+from gradkit.sources.zeroth_order import ZerothOrder
+
+__all__ = [
+    "Backprop",
+    "Cost",
+    "DirectFeedbackAlignment",
+    "ForwardGradient",
+    "GradientSource",
+    "LossFn",
+    "ZerothOrder",
+    "dfa_blocks",
+    "reinmax",
+    "reste_sign",
+    "straight_through",
+    "straight_through_sign",
+]
