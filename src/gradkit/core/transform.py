@@ -145,9 +145,10 @@ class GradientTransformation:
     # ``update_as_ratio(updates, state, params, ctx) -> (num, den, divisor)``: the same update as
     #     ``update``, returned unformed as ``num / den / divisor`` (``divisor`` one number or one
     #     per tensor), so that the step ``p -= (lr / divisor) * num / den`` is one ``addcdiv_``.
-    # ``apply_step(params, updates, ctx)`` / ``apply_ratio(params, num, den, divisor, ctx)``: for
-    #     the last transform of a chain (the learning rate): add its output to ``params`` in
-    #     place instead of returning it, so the step costs no extra pass.
+    # ``apply_step(params, updates, state, ctx)`` / ``apply_ratio(params, num, den, divisor,
+    #     ctx)``: for the last transform of a chain (the learning rate, or a rule that forms the
+    #     new parameters itself, like MADGRAD's): change ``params`` in place instead of
+    #     returning the step, so the step costs no extra pass.
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -272,7 +273,7 @@ class Chain(GradientTransformation):
         head = j if ratio else len(ts) - 1
         updates = self._run(range(head), updates, state, params, ctx)
         if not ratio:
-            ts[-1].apply_step(params, updates, ctx)
+            ts[-1].apply_step(params, updates, self._sub(len(ts) - 1, state), ctx)
             return
         num, den, divisor = ts[j].update_as_ratio(updates, self._sub(j, state), params, ctx)
         self._run(range(j + 1, len(ts) - 1), num, state, params, ctx)  # params/state only

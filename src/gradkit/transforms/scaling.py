@@ -28,7 +28,9 @@ class ScaleByLearningRate(GradientTransformation):
     ) -> TensorList:
         return ctx.owned(torch._foreach_mul(updates, -self._lr(ctx)))
 
-    def apply_step(self, params: TensorList, updates: TensorList, ctx: StepContext) -> None:
+    def apply_step(
+        self, params: TensorList, updates: TensorList, state: State, ctx: StepContext
+    ) -> None:
         """``p -= lr * u`` in one pass (the chain's fused tail)."""
         lr = self._lr(ctx)
         if isinstance(lr, torch.Tensor):  # a device tensor lr: no scalar alpha
