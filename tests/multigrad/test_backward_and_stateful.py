@@ -129,7 +129,7 @@ def test_any_torch_optimizer_steps_on_the_aggregated_gradient() -> None:
         first = first or [float(v.detach()) for v in losses]
         multigrad.backward(losses, PCGrad(seed=0), trunk.parameters(), params[-4:])
         opt.step()
-    last = [float(v) for v in _losses(trunk, ha, hb, x, ya, yb)]
+    last = [float(v.detach()) for v in _losses(trunk, ha, hb, x, ya, yb)]
     assert last[0] < first[0] and last[1] < first[1]
 
 
