@@ -229,3 +229,31 @@ def test_pcgrad_generator_state_round_trips() -> None:
 def test_docstring_examples_run(module: object) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("make", [PCGrad, MGDA, UPGrad])
+def test_edge_cases_zero_single_and_singular(make) -> None:  # type: ignore[no-untyped-def]
+    zeros = torch.zeros(3, 4, dtype=torch.float64)
+    assert torch.equal(make()([zeros])[0], torch.zeros(4, dtype=torch.float64))
+    one = _gradient_set(1, 0, False)
+    _close(_flat(make()(_split(one))), one[0])  # one gradient: itself
+    # a repeated gradient and its negation: a singular Gramian
+    j = _gradient_set(2, 3, True)
+    j = torch.cat([j, j[:1], -j[:1]])
+    d = _flat(make()(_split(j)))
+    assert bool(torch.isfinite(d).all())
+    if make is UPGrad:
+        d = _flat(UPGrad(reg_eps=0.0)(_split(j)))
+        scale = float(j.norm(dim=1).max()) ** 2
+        assert float((j @ d).min()) >= -1e-11 * scale
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_float32_gradients_match_torchjd_to_float32_rounding(seed: int) -> None:
+    pytest.importorskip("qpsolvers")
+    j = _gradient_set(4, seed, True).float()
+    torch.manual_seed(seed)
+    _close(_flat(PCGrad(seed=seed)(_split(j))), torchjd_aggregation.PCGrad()(j), rel=1e-5)
+    _close(_flat(MGDA()(_split(j))), torchjd_aggregation.MGDA()(j), rel=1e-5)
+    _close(_flat(UPGrad()(_split(j))), torchjd_aggregation.UPGrad()(j), rel=1e-5)
+    assert _flat(UPGrad()(_split(j))).dtype == torch.float32

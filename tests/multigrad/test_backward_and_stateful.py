@@ -255,3 +255,51 @@ def test_bloop_invalid_values() -> None:
         Bloop(lam=-1.0)
     with pytest.raises(ValueError, match="train_index"):
         Bloop(train_index=3)([torch.zeros(2, 3)])
+
+
+def test_bfloat16_parameters_get_bfloat16_grads() -> None:
+    torch.manual_seed(0)
+    trunk, head_a, head_b = nn.Linear(5, 4).bfloat16(), nn.Linear(4, 3), nn.Linear(4, 1)
+    x = torch.randn(8, 5).bfloat16()
+    h = trunk(x).float()
+    losses = [head_a(h).square().mean(), head_b(h).abs().mean()]
+    multigrad.backward(losses, UPGrad(), trunk.parameters(), [*head_a.parameters()])
+    assert trunk.weight.grad.dtype == torch.bfloat16
+    assert bool(torch.isfinite(trunk.weight.grad.float()).all())
+    assert head_b.weight.grad is None  # not in task_params: left alone
+
+
+def test_gradnorm_balances_the_weighted_gradient_norms() -> None:
+    """The paper's aim: w_i ||g_i|| on W proportional to r_i^alpha (alpha = 0: equal norms)."""
+    layer = [torch.zeros(3, requires_grad=True)]
+    jac = [torch.tensor([[1.0, 0.0, 0.0], [0.0, 4.0, 0.0]], dtype=torch.float64)]  # norms 1, 4
+    agg = GradNorm(layer, alpha=0.0, weight_lr=0.002)
+    for _ in range(3000):
+        agg(jac, losses=torch.tensor([1.0, 1.0]), params=layer)
+    _close(agg.loss_weights, torch.tensor([1.6, 0.4], dtype=torch.float64), rel=0.01)
+    # alpha = 1 and task 1 training twice as slowly: r = (4/3, 2/3), so w_1 * 1 = 2 * w_2 * 4
+    agg = GradNorm(layer, alpha=1.0, weight_lr=0.002)
+    agg(jac, losses=torch.tensor([1.0, 1.0]), params=layer)  # L(0)
+    for _ in range(3000):
+        agg(jac, losses=torch.tensor([1.0, 0.5]), params=layer)
+    _close(agg.loss_weights, torch.tensor([16 / 9, 2 / 9], dtype=torch.float64), rel=0.01)
+
+
+def test_bloop_ema_keeps_the_auxiliary_part_orthogonal_to_the_true_training_gradient() -> None:
+    """The paper's point: projecting against a noisy mini-batch gradient leaves a component along
+    the true training gradient; projecting against an EMA of it removes most of it."""
+    n = 50
+    gen = torch.Generator().manual_seed(0)
+    g_true = torch.randn(n, generator=gen, dtype=torch.float64)
+    a_true = -0.5 * g_true + torch.randn(n, generator=gen, dtype=torch.float64)
+    along = {}
+    for beta in (0.0, 0.99):
+        agg, total = Bloop(beta=beta), 0.0
+        for t in range(1500):
+            g = g_true + 2 * torch.randn(n, generator=gen, dtype=torch.float64)
+            a = a_true + 2 * torch.randn(n, generator=gen, dtype=torch.float64)
+            d = agg([torch.stack([g, a])])[0]
+            total += float((d - g) @ g_true) if t >= 500 else 0.0
+        along[beta] = abs(total / 1000)
+    assert along[0.99] < 0.15 * along[0.0]
+    assert along[0.0] > 0.5 * abs(float(a_true @ g_true))  # the noisy projection does leave a lot
