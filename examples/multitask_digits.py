@@ -8,7 +8,7 @@ gradients are combined on the trunk differs:
 - sum:     the plain baseline, ``(loss_digit + loss_parity).backward()``
 - PCGrad, MGDA, UPGrad, GradNorm, Bloop (task 1 as the training loss, task 2 auxiliary)
 
-Run: ``python examples/multitask_digits.py`` (about 30 s on one CPU core).
+Run: ``python examples/multitask_digits.py`` (about 20 s on one CPU core).
 The training loop differs from a single-task loop in one line (``multigrad.backward``).
 """
 

@@ -212,6 +212,8 @@ def test_invalid_values_name_the_parameter() -> None:
         PCGrad(seed=0, generator=torch.Generator())
     with pytest.raises(ValueError, match="orders"):
         PCGrad(orders=torch.zeros(2, 2, dtype=torch.long))([torch.zeros(3, 4)])
+    with pytest.raises(ValueError, match="permutation"):
+        PCGrad(orders=torch.zeros(3, 3, dtype=torch.long))([torch.zeros(3, 4)])
 
 
 def test_pcgrad_generator_state_round_trips() -> None:

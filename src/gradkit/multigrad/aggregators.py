@@ -198,7 +198,10 @@ class PCGrad(GramianAggregator):
                 raise ValueError(
                     f"orders must have shape ({k}, {k}), got {tuple(self.orders.shape)}"
                 )
-            return self.orders[i]
+            order = self.orders[i]
+            if sorted(order.tolist()) != list(range(k)):
+                raise ValueError(f"orders[{i}] must be a permutation of 0..{k - 1}")
+            return order
         return torch.randperm(k, generator=self.generator)
 
     def weights(self, gram: Tensor) -> Tensor:
