@@ -94,7 +94,8 @@ def straight_through(
     Discrete and Backpropagation: Straight-Through and Beyond", 2023, arXiv 2304.08612).
 
     ``sample``: an integer index tensor of shape ``logits.shape[:-1]`` to use instead of
-    drawing (for enumerating the exact expectation); ``generator`` for the draw.
+    drawing (for enumerating the exact expectation); ``generator`` (on the logits' device)
+    for the draw.
 
     >>> import torch
     >>> from gradkit.sources import straight_through

@@ -52,7 +52,8 @@ class ZerothOrder(GradientSource):
         directions: directions averaged per call (>= 1).
         vectorized: evaluate all ``2 K`` probes at once with ``torch.func.vmap``; ``False``
             perturbs the parameters in place, one probe at a time (they are restored exactly).
-        generator: ``torch.Generator`` for the directions; ``None`` uses the global one.
+        generator: ``torch.Generator`` for the directions, on the parameters' device; ``None``
+            uses the global generator.
 
     Cost per call: ``2 K`` forwards, no backward. The loss returned is the mean of the probed
     values ``(L(theta + delta w) + L(theta - delta w)) / 2``, not ``L(theta)`` (which would cost
