@@ -1,0 +1,172 @@
+"""CPU step time of Shampoo, SOAP and PSGD Kron: gradkit against heavyball and pytorch-optimizer.
+
+Usage:
+
+    PYTHONPATH=src python benchmarks/preconditioner_step.py [--rounds 7] [--steps 10] [--threads 1]
+
+The parameter set: two 256x256 and two 512x128 matrices and their bias vectors (256, 256, 512,
+512), fp32, fixed random gradients. Every contender is amortised alike: Shampoo's inverse roots
+and SOAP's eigenbases are refreshed once every 10 steps (``precondition_frequency=10`` /
+``preconditioning_compute_steps=10``), PSGD Kron's preconditioner is fitted every step (update
+probability 1, the libraries' default for the first 500 steps). A round times ``--steps``
+consecutive steps of each contender, contenders interleaved within the round (so a slow phase of
+the shared machine hits all of them); a contender's time is the median over rounds of its
+per-step mean, after one warm-up round (which also builds every state). Ratios are to gradkit.
+
+Matched settings: Shampoo without grafting or momentum and with vectors preconditioned by full
+matrices (pytorch-optimizer's ``Shampoo`` does exactly that: the same matrix work); SOAP with
+vectors on Adam (``precondition_1d=False``), no dimension merging; heavyball runs eagerly
+(``heavyball.utils.compile_mode = None``: its default compiles with max-autotune, minutes on a
+CPU). heavyball has no plain Shampoo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+SHAPES = [(256, 256), (256, 256), (512, 128), (512, 128)]
+
+
+def make_params(seed: int = 0) -> list[torch.nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    ps = []
+    for r, c in SHAPES:
+        for shape in ((r, c), (r,)):
+            p = torch.nn.Parameter(torch.randn(*shape, generator=g) * 0.02)
+            p.grad = torch.randn(*shape, generator=g) * 1e-3
+            ps.append(p)
+    return ps
+
+
+def stepper(opt, params):
+    """Restore the gradients before each step (heavyball clears ``p.grad``)."""
+    grads = [p.grad for p in params]
+
+    def step():
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+
+    return step
+
+
+def contenders(method: str):
+    """(label, factory) pairs; a factory returns the optimizer or raises ImportError."""
+    import gradkit
+
+    out = []
+    if method == "Shampoo":
+        out.append(("gradkit", lambda ps: gradkit.create_optimizer(
+            ps, "shampoo", lr=1e-3, graft="none", momentum=0.0, dampening=0.0,
+            precondition_frequency=10, precondition_1d=True)))  # fmt: skip
+
+        def po(ps):
+            from pytorch_optimizer import Shampoo
+
+            return Shampoo(ps, lr=1e-3, preconditioning_compute_steps=10)
+
+        out.append(("pytorch-optimizer", po))
+    elif method == "SOAP":
+        out.append(("gradkit", lambda ps: gradkit.create_optimizer(
+            ps, "soap", precondition_frequency=10)))  # fmt: skip
+
+        def po(ps):
+            from pytorch_optimizer import SOAP
+
+            return SOAP(ps, precondition_frequency=10)
+
+        def hb(ps):
+            import heavyball
+            import heavyball.utils
+
+            heavyball.utils.compile_mode = None
+            return heavyball.SOAP(ps, precondition_frequency=10, merge_dims=False)
+
+        out += [("pytorch-optimizer", po), ("heavyball", hb)]
+    else:
+        out.append(("gradkit", lambda ps: gradkit.create_optimizer(ps, "psgd_kron")))
+
+        def po(ps):
+            from pytorch_optimizer import Kron
+
+            return Kron(ps, pre_conditioner_update_probability=1.0, balance_prob=0.0)
+
+        def hb(ps):
+            import heavyball
+            import heavyball.utils
+
+            heavyball.utils.compile_mode = None
+            return heavyball.PSGDKron(ps, preconditioner_update_probability=1.0)
+
+        out += [("pytorch-optimizer", po), ("heavyball", hb)]
+    return out
+
+
+def run(method: str, rounds: int, steps: int) -> dict[str, float | str]:
+    steppers = {}
+    results: dict[str, float | str] = {}
+    for label, factory in contenders(method):
+        ps = make_params()
+        try:
+            steppers[label] = stepper(factory(ps), ps)
+        except Exception as err:  # an unavailable or failing library: say so in the table
+            results[label] = f"unavailable: {type(err).__name__}: {err}"[:120]
+    times: dict[str, list[float]] = {k: [] for k in steppers}
+    for r in range(rounds + 1):
+        for label, step in list(steppers.items()):
+            try:
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                dt = (time.perf_counter() - t0) / steps
+            except Exception as err:
+                results[label] = f"failed: {type(err).__name__}: {err}"[:120]
+                del steppers[label]
+                continue
+            if r > 0:  # round 0 is the warm-up
+                times[label].append(dt * 1e3)
+    for label, ts in times.items():
+        if ts and label not in results:
+            results[label] = statistics.median(ts)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--methods", default="Shampoo,SOAP,PSGD Kron")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"command: {' '.join(['python', *sys.argv])}")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
+        f"{args.threads} torch thread(s), {platform.python_version()}, torch {torch.__version__}"
+    )
+    print(f"parameters: {', '.join('x'.join(map(str, s)) for s in SHAPES)} + their bias vectors")
+    print()
+    print("| method | implementation | ms / step (median) | ratio to gradkit |")
+    print("|---|---|---|---|")
+    for method in [m.strip() for m in args.methods.split(",")]:
+        res = run(method, args.rounds, args.steps)
+        base = res.get("gradkit")
+        for label, value in res.items():
+            if isinstance(value, float):
+                ratio = f"{value / base:.2f}" if isinstance(base, float) else "-"
+                print(f"| {method} | {label} | {value:.2f} | {ratio} |")
+            else:
+                print(f"| {method} | {label} | {value} | - |")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
