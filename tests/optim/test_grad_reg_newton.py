@@ -112,8 +112,16 @@ def test_one_approximate_step_matches_the_dense_formula(hessian: str) -> None:
     w0 = _flat(model)
     g = torch.autograd.functional.jacobian(_loss_of(model, loss_fn, x, y), w0)
     c = _gauss_newton(model, x) if hessian == "gauss_newton" else _emp_fisher(model, loss_fn, x, y)
-    want = _dense_step(w0, g, c, 1.0, 0.3)
-    opt = GradRegNewton(model.parameters(), L=0.3, hessian=hessian, cg_tol=1e-13, cg_max_iter=300)
+    mu = 0.05 if hessian == "fisher" else 0.0  # weight_decay: f + mu/2 |x|^2, curvature c + mu I
+    want = _dense_step(w0, g + mu * w0, c + mu * torch.eye(len(w0), dtype=w0.dtype), 1.0, 0.3)
+    opt = GradRegNewton(
+        model.parameters(),
+        L=0.3,
+        weight_decay=mu,
+        hessian=hessian,
+        cg_tol=1e-13,
+        cg_max_iter=300,
+    )
     opt.step(ModelClosure(model, loss_fn, x, y, opt))
     torch.testing.assert_close(_flat(model), want, rtol=1e-9, atol=1e-9)
 

@@ -27,6 +27,8 @@ class GradRegNewton(RecipeOptimizer):
     ``cg_max_iter`` products, relative residual ``cg_tol``; stops at negative curvature).
     ``L`` (a group hyperparameter) is the regularization constant; ``lr`` is 1 in the paper.
     ``|g|`` is the gradient norm over the param group; each group is solved on its own.
+    ``weight_decay`` ``mu`` minimises ``f + mu/2 |x|^2``: ``mu x`` is added to the gradient and
+    ``mu I`` to every curvature model (so Gauss-Newton and Fisher models see the regulariser).
 
     Needs a closure. Curvature products come from a
     :class:`gradkit.transforms.newton.ModelClosure` (model, loss and batch: any ``hessian``),
@@ -40,7 +42,7 @@ class GradRegNewton(RecipeOptimizer):
     Recipe: ``chain(ScaleByGradRegNewton(hessian, ...), ScaleByLearningRate)``.
     """
 
-    hyperparameters = {"lr": 1.0, "L": 1.0}
+    hyperparameters = {"lr": 1.0, "L": 1.0, "weight_decay": 0.0}
     options = (
         choice("hessian", "exact", CURVATURES),
         integer("cg_max_iter", 20, low=1),

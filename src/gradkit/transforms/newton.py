@@ -232,10 +232,14 @@ class ScaleByGradRegNewton(GradientTransformation):
     Doikov & Nesterov's, "Gradient Regularization of Newton Method with Bregman Distances",
     arXiv 2112.02952.
 
+    ``weight_decay`` (``mu``) makes the objective ``f + mu/2 |x|^2`` (an L2 term, not decoupled
+    decay): ``mu x`` joins the gradient and ``mu I`` every curvature model, so Gauss-Newton,
+    Fisher and diagonal models also carry the regulariser's curvature.
+
     ``last_stats`` holds the last step's ``lambda``, CG iterations and products.
     """
 
-    hyperparameters = (interval("L", 1.0, 0.0),)
+    hyperparameters = (interval("L", 1.0, 0.0), interval("weight_decay", 0.0, 0.0))
     flat_ok = False
     needs_closure = True
     complex_ok = False
@@ -267,6 +271,9 @@ class ScaleByGradRegNewton(GradientTransformation):
     ) -> TensorList:
         work = _work_dtype(params[0].dtype)
         g = flatten([u.detach() for u in updates]).to(work)
+        wd = float(ctx.group["weight_decay"])
+        if wd:  # the objective f + wd/2 |x|^2: its gradient and (below) its curvature
+            g = g + wd * flatten([p.detach() for p in params]).to(work)
         gnorm = float(g.norm())
         lam = math.sqrt(float(ctx.group["L"]) * gnorm) if math.isfinite(gnorm) else gnorm
         sign = -1.0 if ctx.group["maximize"] else 1.0  # updates are -g: curvature of -f
@@ -283,7 +290,8 @@ class ScaleByGradRegNewton(GradientTransformation):
         def matvec(v: Tensor) -> Tensor:
             count[0] += 1
             out = mv(v)
-            return out if sign > 0 or kind != "exact" else -out
+            out = out if sign > 0 or kind != "exact" else -out
+            return out + wd * v if wd else out
 
         try:
             if self.curvature == "diagonal":
