@@ -7,6 +7,8 @@ counts its cost (:class:`Cost`); any gradkit or ``torch.optim`` optimizer then s
 
 - :class:`Backprop`: reverse-mode autodiff, the default.
 - :class:`ForwardGradient`: ``(grad . v) v`` from forward-mode JVPs (Baydin et al. 2022).
+- :class:`LocalGuessForwardGradient`: the end-to-end gradient projected on a local loss's
+  gradient, one JVP per block (reconstructed from Fournier et al. 2023).
 - :class:`ZerothOrder`: two-point randomized smoothing (Lin, Zheng, Jordan 2022).
 - :class:`DirectFeedbackAlignment`: fixed random feedback from the output error (Nøkland 2016).
 - :func:`straight_through`, :func:`reinmax`, :func:`straight_through_sign`,
@@ -36,6 +38,7 @@ from gradkit.sources._base import Backprop, Cost, GradientSource, LossFn
 from gradkit.sources.dfa import DirectFeedbackAlignment, dfa_blocks
 from gradkit.sources.discrete import reinmax, reste_sign, straight_through, straight_through_sign
 from gradkit.sources.forward import ForwardGradient
+from gradkit.sources.local_guess import LocalGuessForwardGradient
 from gradkit.sources.zeroth_order import ZerothOrder
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "DirectFeedbackAlignment",
     "ForwardGradient",
     "GradientSource",
+    "LocalGuessForwardGradient",
     "LossFn",
     "ZerothOrder",
     "dfa_blocks",
