@@ -124,3 +124,38 @@ def test_step_rms_is_clipped() -> None:
 def test_complex_parameters_are_refused() -> None:
     with pytest.raises(ValueError, match="complex"):
         PSGDKron([torch.nn.Parameter(torch.randn(3, 3, dtype=torch.complex64))])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fitted_preconditioner_is_the_inverse_root_of_the_gradient_covariance(seed: int) -> None:
+    """Li's criterion ``E[h^T P h + v^T P^-1 v]`` is minimal at ``P = E[h h^T]^(-1/2)``; with
+    gradients ``h = L_1 Z L_2^T`` (covariance ``C_1 kron C_2``) the Kronecker fit reaches it.
+    The fit is stochastic: the average of ``P`` over the last 800 of 1200 refits is within 10%
+    (measured: 2-5% over four seeds; from 90% at the start)."""
+    from gradkit.core.transform import StepContext
+    from gradkit.transforms.psgd_kron import ScaleByPSGDKron
+
+    f64 = torch.float64
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the probes
+
+    def spd(n: int) -> torch.Tensor:
+        q, _ = torch.linalg.qr(torch.randn(n, n, dtype=f64, generator=g))
+        return q @ torch.diag(torch.logspace(-1, 1, n, dtype=f64)) @ q.T
+
+    c1, c2 = spd(3), spd(2)
+    l1, l2 = torch.linalg.cholesky(c1), torch.linalg.cholesky(c2)
+    vals, vecs = torch.linalg.eigh(torch.kron(c1, c2))
+    want = vecs @ torch.diag(vals**-0.5) @ vecs.T
+    tr = ScaleByPSGDKron()
+    w = torch.zeros(3, 2, dtype=f64)
+    state = tr.init([w])
+    group = {"momentum": 0.0, "precondition_lr": 0.1, "precondition_frequency": 1}
+    avg = torch.zeros(6, 6, dtype=f64)
+    for t in range(1, 1201):
+        h = l1 @ torch.randn(3, 2, dtype=f64, generator=g) @ l2.T
+        tr.update([h], state, [w], StepContext(group=group, steps=[t], grads=[h]))
+        if t > 400:
+            q1, q2 = state["kron_q_left"][0], state["kron_q_right"][0]
+            avg += torch.kron(q1.T @ q1, q2.T @ q2) / 800
+    assert float((avg - want).norm() / want.norm()) < 0.1

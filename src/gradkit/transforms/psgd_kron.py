@@ -79,6 +79,13 @@ def _solve(q: Tensor, x: Tensor, left: bool) -> Tensor:
     return torch.linalg.solve_triangular(q, x, upper=True, left=False)
 
 
+def _upper(x: Tensor) -> Tensor:
+    """The upper triangle of ``x`` (``torch.triu``'s result). ``torch.triu`` always runs a
+    parallel region, which costs milliseconds on a busy CPU for a tiny matrix."""
+    i = torch.arange(x.shape[-1], device=x.device)
+    return torch.where(i[:, None] <= i[None, :], x, 0.0)
+
+
 def _fit(q: Tensor, a: Tensor, b: Tensor, left: bool, lr: float) -> None:
     """One step of ``Q`` (in place) on the criterion, from ``A`` and ``B`` (see the module)."""
     if q.dim() == 1:
@@ -91,7 +98,7 @@ def _fit(q: Tensor, a: Tensor, b: Tensor, left: bool, lr: float) -> None:
         return
     t1 = a @ a.mT if left else a.mT @ a
     t2 = b @ b.mT if left else b.mT @ b
-    step = torch.triu((t1 - t2) * lr)
+    step = _upper((t1 - t2) * lr)
     step /= norm_lower_bound(t1 + t2) + _TINY
     q.sub_(step @ q)
 
