@@ -1,5 +1,6 @@
-"""Gradient sources on MNIST-1D: backprop, direct feedback alignment, forward gradients, and
-zeroth-order estimates driving the same optimizer (Adam) on the same MLP.
+"""Gradient sources on MNIST-1D: backprop, direct feedback alignment, forward gradients (random
+and local-loss guesses) and zeroth-order estimates driving the same optimizer (Adam) on the
+same MLP.
 
 The MLP is gradkit's MNIST-1D MLP (40 -> 256 -> 256 -> 10, ReLU); data from the ``mnist1d``
 package, generated locally (4000 train / 1000 test). Each source fills ``.grad`` and Adam steps
@@ -10,8 +11,8 @@ idle CPU cores with the defaults::
     python examples/gradient_sources_mnist1d.py --steps 3000 --seeds 0 1 2 --sources backprop dfa
 
 Learning rates: the best of a short sweep (600 steps, seed 0) over {3e-4, 1e-3, 3e-3} for
-backprop and DFA, {3e-5, 3e-4, 1e-3, 3e-3} for forward gradients and {1e-4, 1e-3} for zeroth
-order (see docs/gradient_sources.md).
+backprop and DFA, {3e-5, 3e-4, 1e-3, 3e-3} for forward gradients, {1e-4, 1e-3} for zeroth
+order, and {1e-3, 3e-3} (1000 steps) for forward gradients with local-loss guesses.
 """
 
 from __future__ import annotations
@@ -30,22 +31,35 @@ from gradkit.sources import (
     DirectFeedbackAlignment,
     ForwardGradient,
     GradientSource,
+    LocalGuessForwardGradient,
     ZerothOrder,
 )
 
-LR = {"backprop": 3e-3, "dfa": 3e-3, "forward": 1e-3, "zeroth_order": 1e-3}
+LR = {
+    "backprop": 3e-3,
+    "dfa": 3e-3,
+    "forward": 1e-3,
+    "forward_local": 3e-3,
+    "zeroth_order": 1e-3,
+}
 
 
-def make_source(name: str, model: nn.Sequential, seed: int) -> GradientSource:
+def make_source(
+    name: str, model: nn.Sequential, seed: int
+) -> tuple[GradientSource, list[nn.Parameter]]:
+    """The source, and parameters it trains besides the model's (the local heads)."""
     gen = torch.Generator().manual_seed(1000 + seed)
     if name == "backprop":
-        return Backprop()
+        return Backprop(), []
     if name == "dfa":
-        return DirectFeedbackAlignment(model, generator=gen)
+        return DirectFeedbackAlignment(model, generator=gen), []
     if name == "forward":
-        return ForwardGradient(directions=1, generator=gen)
+        return ForwardGradient(directions=1, generator=gen), []
+    if name == "forward_local":
+        heads = [nn.Linear(256, 10), nn.Linear(256, 10)]  # one per hidden block
+        return LocalGuessForwardGradient(model, heads), [p for h in heads for p in h.parameters()]
     if name == "zeroth_order":
-        return ZerothOrder(delta=1e-3, directions=1, generator=gen)
+        return ZerothOrder(delta=1e-3, directions=1, generator=gen), []
     raise ValueError(f"unknown source {name!r}")
 
 
@@ -53,8 +67,8 @@ def run(name: str, seed: int, steps: int, batch: int, data) -> dict[str, float]:
     x, y, x_test, y_test = data
     torch.manual_seed(seed)
     model = mnist1d_mlp()
-    source = make_source(name, model, seed)
-    opt = torch.optim.Adam(model.parameters(), lr=LR[name])
+    source, extra = make_source(name, model, seed)
+    opt = torch.optim.Adam([*model.parameters(), *extra], lr=LR[name])
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for _ in range(steps):
@@ -74,7 +88,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument(
-        "--sources", nargs="+", default=["backprop", "dfa", "forward", "zeroth_order"]
+        "--sources",
+        nargs="+",
+        default=["backprop", "dfa", "forward", "forward_local", "zeroth_order"],
     )
     args = parser.parse_args()
     torch.set_num_threads(1)  # small layers: one thread is as fast and shares the cores
