@@ -139,3 +139,26 @@ def test_resume_between_refreshes_is_bit_exact(name: str, freq: int) -> None:
     train(resumed, opt2, data[6:])
     for p, q in zip(ref.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("name", ["shampoo", "soap"])
+def test_nan_gradient_on_a_refresh_step_propagates_without_a_lapack_error(name: str) -> None:
+    """``nonfinite="ignore"`` lets a NaN through; the refresh must not raise from ``eigh``."""
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    opt = gradkit.create_optimizer([w], name, precondition_frequency=1)
+    w.grad = torch.randn(4, 3)
+    opt.step()
+    w.grad = torch.full((4, 3), float("nan"))
+    opt.step()
+    opt.step()
+    assert torch.isnan(w).any()
+
+
+def test_conv_kernel_is_preconditioned_as_a_matrix() -> None:
+    k = torch.nn.Parameter(torch.randn(4, 3, 2, 2))
+    opt = gradkit.create_optimizer([k], "shampoo", precondition_frequency=1)
+    k.grad = torch.randn(4, 3, 2, 2)
+    opt.step()
+    assert opt.state[k]["factor_left"].shape == (4, 4)
+    assert opt.state[k]["inv_root_right"].shape == (12, 12)
+    assert torch.isfinite(k).all()

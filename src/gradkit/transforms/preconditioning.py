@@ -102,19 +102,33 @@ def update_factor(factor: Tensor, outer: Tensor, beta: float) -> None:
         factor.lerp_(outer, 1.0 - beta)
 
 
+def _eigh(factor: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.linalg.eigh``; a non-finite factor (a NaN gradient let through with
+    ``nonfinite="ignore"``) gives NaN results instead of an error, and a float32 factor on which
+    LAPACK fails to converge is decomposed in float64."""
+    if not bool(torch.isfinite(factor).all()):
+        nan = torch.full_like(factor, float("nan"))
+        return nan[0], nan
+    try:
+        return torch.linalg.eigh(factor)
+    except torch.linalg.LinAlgError:
+        vals, vecs = torch.linalg.eigh(factor.double())
+        return vals.to(factor.dtype), vecs.to(factor.dtype)
+
+
 def damped_inverse_root(factor: Tensor, root: float, eps: float) -> Tensor:
     """``(F + eps I)^(-1/root)`` of a symmetric positive semi-definite ``F``, by ``eigh``.
 
     Eigenvalues below zero (rounding) are clamped to zero before ``eps`` is added.
     """
-    vals, vecs = torch.linalg.eigh(factor)
+    vals, vecs = _eigh(factor)
     scale = (vals.clamp_min(0.0) + eps).pow(-1.0 / root)
     return (vecs * scale) @ vecs.mT
 
 
 def eigenbasis(factor: Tensor) -> Tensor:
     """The eigenvectors of a symmetric ``F`` as columns, by decreasing eigenvalue."""
-    return torch.linalg.eigh(factor)[1].flip(-1)
+    return _eigh(factor)[1].flip(-1)
 
 
 def refresh_eigenbasis(factor: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
