@@ -4,8 +4,8 @@ same MLP.
 
 The MLP is gradkit's MNIST-1D MLP (40 -> 256 -> 256 -> 10, ReLU); data from the ``mnist1d``
 package, generated locally (4000 train / 1000 test). Each source fills ``.grad`` and Adam steps
-unchanged; the table gives test accuracy, wall time and passes per run. About a minute on two
-idle CPU cores with the defaults::
+unchanged; the table gives test accuracy, wall time and passes per run. About a minute
+(21 s of CPU) with the defaults on two CPU cores shared with other jobs::
 
     python examples/gradient_sources_mnist1d.py
     python examples/gradient_sources_mnist1d.py --steps 3000 --seeds 0 1 2 --sources backprop dfa
