@@ -6,7 +6,9 @@
 # Installs PostgreSQL from the Debian packages if it is missing (apt-get), creates a cluster
 # under $GRADKIT_PG_DIR (default /tmp/gradkit-pg), starts it on port $GRADKIT_PG_PORT
 # (default 55432, loopback only), creates user and database "gradkit", and prints one line on
-# stdout: export GRADKIT_TEST_POSTGRES_URL=postgresql+psycopg2://... . Everything else goes to
+# stdout: export GRADKIT_TEST_POSTGRES_URL=postgresql+psycopg2://... (and
+# GRADKIT_TEST_POSTGRES_SECRET_URL, a plain postgresql:// URL of a role with a password used
+# nowhere else, for the test that no file of a run holds it). Everything else goes to
 # stderr. Running it again reuses the running server. It also prints
 # GRADKIT_TEST_POSTGRES_CTL (this script with the folder and port), which the outage test uses
 # to stop and restart the server mid-run:
@@ -21,6 +23,11 @@ PG_PORT="${GRADKIT_PG_PORT:-55432}"
 PG_USER=gradkit
 PG_PASSWORD=gradkit
 PG_DB=gradkit
+# A second role and database whose password appears nowhere else, so that a test can grep every
+# file a comparison writes for it (the first password equals the user and database names).
+PG_SECRET_USER=gradkit_leakcheck
+PG_SECRET_PASSWORD=Leak-Check-Pw-5e8a1c
+PG_SECRET_DB=gradkit_leakcheck
 
 log() { echo "[postgres.sh] $*" >&2; }
 
@@ -104,7 +111,14 @@ fi
 if [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname='$PG_DB'")" != 1 ]; then
   psql_admin -c "CREATE DATABASE $PG_DB OWNER $PG_USER" >&2
 fi
+if [ "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname='$PG_SECRET_USER'")" != 1 ]; then
+  psql_admin -c "CREATE ROLE $PG_SECRET_USER LOGIN PASSWORD '$PG_SECRET_PASSWORD'" >&2
+fi
+if [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname='$PG_SECRET_DB'")" != 1 ]; then
+  psql_admin -c "CREATE DATABASE $PG_SECRET_DB OWNER $PG_SECRET_USER" >&2
+fi
 log "ready"
 echo "export GRADKIT_TEST_POSTGRES_URL=postgresql+psycopg2://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
+echo "export GRADKIT_TEST_POSTGRES_SECRET_URL=postgresql://$PG_SECRET_USER:$PG_SECRET_PASSWORD@127.0.0.1:$PG_PORT/$PG_SECRET_DB"
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 echo "export GRADKIT_TEST_POSTGRES_CTL='env GRADKIT_PG_DIR=$PG_DIR GRADKIT_PG_PORT=$PG_PORT bash $SELF'"

@@ -20,7 +20,9 @@ Compare optimizers fairly on real tasks and write a report.
 
 Every optimizer gets the same number of tuning trials (Optuna); each trial trains one
 hyperparameter configuration over the same seeds (same initialisations, same batches), and its
-learning rate is searched on a log scale over [LOW, HIGH] times the optimizer's own default.
+learning rate is searched on a log scale over [LOW, HIGH] times the centre of the optimizer's
+well-tuned range. The budget is printed first, then an estimate of the total time after the
+first trial; results are compared on the same seeds (paired tests, ties for first named).
 Every trial and curve is stored in a database (SQLite file in the report folder by default, or any
 SQLAlchemy URL, e.g. PostgreSQL shared by several workers). Rerunning the same command resumes:
 finished trials are kept, interrupted ones are redone. Raising --trials extends a study.
@@ -67,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gradkit.bench.protocol.plan import SAMPLERS, SEARCHABLE
     from gradkit.bench.tasks.registry import DEFAULT_TASKS
 
-    parser = _Parser(prog="gradkit", description="gradkit: the gradient side of training.")
+    parser = _Parser(
+        prog="gradkit", description="gradkit: the gradient side of training.", allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="command", metavar="{compare,list}", parser_class=_Parser)
     sub.required = True
 
@@ -77,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=_COMPARE_HELP,
         epilog=_COMPARE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     g = p.add_argument_group("what to compare")
     g.add_argument(
@@ -131,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar=("LOW", "HIGH"),
         dest="lr_factors",
-        help="search the lr over [LOW, HIGH] x each optimizer's default lr (default: the task's own, see --list-tasks)",
+        help="search the lr over [LOW, HIGH] x each optimizer's search centre, the middle of its "
+        "well-tuned range (default: the task's own, see --list-tasks)",
     )
     g.add_argument(
         "--search",
@@ -199,8 +205,28 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps",
     )
-    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    g.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads per worker process (default on CPU: 1, which uses a shared or "
+        "small machine best; on an accelerator: torch's choice)",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes sharing the trials (default on CPU: one per usable core, at "
+        "most 4; on an accelerator: 1)",
+    )
+    g.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bars or tables")
+    g.add_argument(
+        "--progress-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="when the output is not a terminal (a log file, nohup, CI): seconds between two "
+        "plain progress lines (default 30)",
+    )
     g.add_argument(
         "--storage-retry",
         type=float,
@@ -245,7 +271,7 @@ def _list_tasks() -> None:
                 f"{t.target:g}",
                 str(t.steps),
                 f"{t.trials} x {t.seeds}",
-                f"{t.lr_factors[0]:g}-{t.lr_factors[1]:g} x default",
+                f"{t.lr_factors[0]:g}-{t.lr_factors[1]:g} x centre",
                 t.description,
             ]
         )
@@ -320,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     from gradkit.bench.compare import CompareConfig, UsageError, load_plugin, run_compare
+    from gradkit.bench.execution.storage import mask_secrets
 
     try:
         for plugin in args.plugin:
@@ -327,12 +354,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.list_tasks:
             _list_tasks()
             return 0
-        if args.threads is not None:
-            if args.threads < 1:
-                raise UsageError(f"--threads must be at least 1, got {args.threads}")
-            import torch
-
-            torch.set_num_threads(args.threads)
         config = CompareConfig(
             tasks=args.tasks,
             optimizers=args.optimizers,
@@ -357,13 +378,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             quiet=args.quiet,
             diagnose=args.diagnose,
             diagnose_every=args.diagnose_every,
-            command="gradkit " + shlex.join(argv),
+            command=mask_secrets("gradkit " + shlex.join(argv)),
             started_at=_STARTED,
             storage_retry=args.storage_retry,
+            threads=args.threads,
+            workers=args.workers,
+            worker=args.worker,
+            argv=argv,
+            progress_every=args.progress_every,
         )
         run_compare(config)
     except UsageError as exc:
-        print(f"gradkit compare: error: {exc}", file=sys.stderr)
+        print(f"gradkit compare: error: {mask_secrets(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gradkit compare: interrupted; rerun the same command to resume", file=sys.stderr)
@@ -374,10 +400,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         url = args.storage or str(Path(args.out) / "studies.db")
         err = describe_storage_error(exc, url)
         if err is None:
-            raise
+            # a bug: the traceback, with any credential it quotes masked
+            print(mask_secrets(traceback.format_exc()), file=sys.stderr, end="")
+            print(
+                f"gradkit compare: internal error: {mask_secrets(f'{type(exc).__name__}: {exc}')}"
+                " (please report it with the traceback above)",
+                file=sys.stderr,
+            )
+            return 1
         if args.debug:
-            traceback.print_exc()
-        print(f"gradkit compare: error: {err}", file=sys.stderr)
+            print(mask_secrets(traceback.format_exc()), file=sys.stderr, end="")
+        print(f"gradkit compare: error: {mask_secrets(str(err))}", file=sys.stderr)
         return 1
     return 0
 

@@ -158,7 +158,8 @@ def test_best_lr_on_the_edge_is_marked_under_tuned_with_the_range_to_search():
     text = " ".join(notes([top]))
     assert "UNDER-TUNED" in text and "above" in text
     assert f"--lr-range {30 / math.sqrt(30):.3g} {30 * math.sqrt(30):.3g}" in text
-    assert "UNDER-TUNED" in summary_table([top])[1][4]
+    rows = summary_table([top])
+    assert "UNDER-TUNED" in rows[1][rows[0].index("best lr")]
     low = _result([0.9, 0.7, 0.5], lrs)
     assert low.edge() == "low" and "below" in " ".join(notes([low]))
     inside = _result([0.5, 0.9, 0.7], lrs)

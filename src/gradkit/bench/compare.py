@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,21 +18,39 @@ from rich.console import Console
 
 import gradkit
 from gradkit.bench.execution.diagnose import DIAGNOSTICS
-from gradkit.bench.execution.storage import StorageError, display_url, open_storage
+from gradkit.bench.execution.storage import (
+    StorageError,
+    check_storage,
+    display_url,
+    mask_secrets,
+    open_storage,
+)
 from gradkit.bench.execution.study import run_study
-from gradkit.bench.progress import CompareProgress
+from gradkit.bench.progress import CompareProgress, format_duration
 from gradkit.bench.protocol.optimizers import DEFAULT_OPTIMIZERS, OptimizerSpec, resolve_optimizers
-from gradkit.bench.protocol.plan import SAMPLERS, SEARCHABLE, StudyPlan
+from gradkit.bench.protocol.plan import SAMPLERS, SEARCHABLE, StudyPlan, study_name
 from gradkit.bench.tasks import Task, list_tasks
 from gradkit.bench.tasks.registry import DEFAULT_TASKS
 from gradkit.bench.tasks.testfunctions import TEST_FUNCTIONS
 from gradkit.errors import UnknownNameError, canonical_name
 
-__all__ = ["CompareConfig", "UsageError", "load_plugin", "resolve_device", "run_compare"]
+__all__ = [
+    "CompareConfig",
+    "UsageError",
+    "check_out",
+    "default_workers",
+    "load_plugin",
+    "resolve_device",
+    "run_compare",
+]
 
 
 class UsageError(Exception):
-    """Bad input: the CLI prints the message on one line and exits with status 2."""
+    """Bad input: the CLI prints the message on one line and exits with status 2. Credentials
+    in the message are masked."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(mask_secrets(str(message)))
 
 
 @dataclass
@@ -64,6 +85,52 @@ class CompareConfig:
     calibration_steps: int = 10
     diagnose: list[str] = field(default_factory=list)
     diagnose_every: int | None = None
+    threads: int | None = None
+    workers: int | None = None
+    worker: bool = False
+    argv: list[str] = field(default_factory=list)
+    progress_every: float = 30.0
+    plain_progress: bool | None = None
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_workers(device: torch.device, trials_to_run: int) -> int:
+    """Worker processes for a run: on CPU one per usable core (each with one thread), at most
+    4 and at most the trials to run; one on an accelerator."""
+    if device.type != "cpu":
+        return 1
+    return max(1, min(usable_cores(), 4, trials_to_run))
+
+
+def check_out(out: str) -> Path:
+    """Validate the report folder before any work: it must be a folder (or creatable as one)
+    that this process can write to. Returns its path; raises :class:`UsageError`."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out!r} is an existing file, not a folder; use another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create the report folder --out {out!r} ({exc.strerror or exc}); "
+            "use a folder you can write to"
+        ) from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".gradkit-write-check-"):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write to the report folder --out {out!r} ({exc.strerror or exc}); "
+            "use a folder you can write to"
+        ) from None
+    return path
 
 
 def resolve_device(name: str) -> torch.device:
@@ -196,6 +263,14 @@ def _check_budget(config: CompareConfig) -> None:
             )
     if config.schedule not in ("cosine", "constant"):
         raise UsageError(f"unknown schedule {config.schedule!r}; choose cosine or constant")
+    for name in ("threads", "workers"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be at least 1, got {value}")
+    if config.progress_every <= 0:
+        raise UsageError(f"--progress-every must be positive, got {config.progress_every}")
+    if config.storage_retry < 0:
+        raise UsageError(f"--storage-retry must be 0 or more, got {config.storage_retry}")
     if config.heartbeat <= 0 or config.stale_after <= config.heartbeat:
         raise UsageError("--stale-after must be larger than --heartbeat, and both positive")
 
@@ -240,23 +315,155 @@ def make_plans(
     return plans
 
 
+def _kept_trials(storage: Any, plans: list[StudyPlan]) -> dict[str, int]:
+    """Usable planned trials each study already holds (``task/optimizer`` -> count)."""
+    import optuna
+
+    kept: dict[str, int] = {}
+    for plan in plans:
+        try:
+            study = optuna.load_study(study_name=study_name(plan), storage=storage)
+        except KeyError:
+            n = 0
+        else:
+            n = min(plan.n_trials, plan.grid_points_done(study.get_trials(deepcopy=False)))
+        kept[f"{plan.task.name}/{plan.spec.name}"] = n
+    return kept
+
+
+#: How each field of a study's signature is set on the command line.
+_SIGNATURE_OPTIONS = {
+    "seeds": "--seeds",
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "eval_every": "--eval-every",
+    "schedule": "--schedule",
+    "lr_factors": "--lr-range",
+    "lr_centre": "the optimizer's search centre (another gradkit)",
+    "search": "--search",
+    "sampler": "--sampler",
+    "grid": "--sampler",
+    "diagnose": "--diagnose",
+    "diagnose_every": "--diagnose-every",
+    "task_fingerprint": "the task (its model, data or scoring changed)",
+    "gradkit": "the gradkit version",
+    "device": "--device",
+}
+
+
+def _show(key: str, value: Any) -> str:
+    if key == "seeds" and isinstance(value, list):
+        return str(len(value))
+    if isinstance(value, list):
+        return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "none"
+    return "none" if value is None else str(value)
+
+
+def _mismatch(storage: Any, plans: list[StudyPlan]) -> str:
+    """Why no study matches ``plans``: the options in which the studies of the same prefix,
+    task and optimizer differ from them (empty when there are none)."""
+    import optuna
+
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    lines: list[str] = []
+    for plan in plans:
+        head = f"{plan.prefix}:{plan.task.name}:{plan.spec.name}:"
+        mine = plan.signature()
+        for summ in summaries:
+            if not summ.study_name.startswith(head):
+                continue
+            theirs = summ.user_attrs.get("gradkit_plan")
+            if not isinstance(theirs, dict):
+                continue
+            diffs = []
+            for key in sorted(set(mine) | set(theirs)):
+                if key in ("task", "optimizer") or mine.get(key) == theirs.get(key):
+                    continue
+                flag = _SIGNATURE_OPTIONS.get(key, key)
+                diffs.append(
+                    f"{flag} {_show(key, theirs.get(key))} in the stored study, "
+                    f"{_show(key, mine.get(key))} now"
+                )
+            if diffs:
+                lines.append((f"{plan.task.name}/{plan.spec.name}", "; ".join(diffs)))
+    grouped: dict[str, list[str]] = {}
+    for who, what in lines:
+        if who not in grouped.setdefault(what, []):
+            grouped[what].append(who)
+    return " | ".join(f"{', '.join(who)}: {what}" for what, who in grouped.items())
+
+
+def _spawn_workers(config: CompareConfig, storage_url: str, n: int) -> list[subprocess.Popen]:
+    """Start ``n`` worker processes running the same comparison on the same storage (trials
+    only, one thread each): they share the studies' trials with this process."""
+    if n < 1:
+        return []
+    cmd = [
+        sys.executable,
+        "-m",
+        "gradkit.cli",
+        *config.argv,
+        "--worker",
+        "--storage",
+        storage_url,
+        "--threads",
+        str(config.threads or 1),
+    ]
+    return [
+        subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(n)
+    ]
+
+
+def _stop_workers(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def run_compare(config: CompareConfig, console: Console | None = None) -> Path | None:
     """Run the comparison described by ``config``; return the report's HTML path (or None)."""
     console = console or Console(stderr=True)
+    quiet = config.quiet or config.worker
 
     def log(msg: str) -> None:
-        if not config.quiet:
-            console.print(msg)
+        if not quiet:
+            console.print(mask_secrets(msg), highlight=False, soft_wrap=True)
 
+    # everything is checked before any training
     _check_budget(config)
     tasks, functions = _split_tasks(config.tasks)
     specs = _resolve_optimizers(config, log)
     device = resolve_device(config.device)
+    out_dir = check_out(config.out) if not config.worker else Path(config.out)
+    default_db = out_dir / "studies.db"
+    if config.storage is not None:
+        try:
+            storage_url = check_storage(config.storage, timeout=10.0)
+        except StorageError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        storage_url = f"sqlite:///{default_db.resolve()}"
+    if not config.run_trials and tasks and config.storage is None and not default_db.exists():
+        raise UsageError(
+            f"--report-only: no study database at {default_db}; run the comparison first "
+            "(the same command without --report-only), or give its --out or --storage"
+        )
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    elif device.type == "cpu":
+        # one thread per worker: torch's default (a thread per core) oversubscribes a shared
+        # machine, and several single-thread workers use the cores better
+        torch.set_num_threads(1)
     # Diverging runs (e.g. Muon at the top of its lr grid) fill the CPU with denormal floats,
     # which made one trial 25x slower; flushing them to zero costs no accuracy that matters.
     torch.set_flush_denormal(True)
-    out_dir = Path(config.out)
-    storage_url = config.storage or f"sqlite:///{(out_dir / 'studies.db').resolve()}"
     try:
         storage = open_storage(storage_url, retry_for=config.storage_retry) if tasks else None
     except StorageError as exc:
@@ -265,33 +472,115 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     plans = make_plans(config, tasks, specs, device)
+    kept = _kept_trials(storage, plans) if tasks else {}
+    if not config.run_trials and plans and not any(kept.values()):
+        why = _mismatch(storage, plans)
+        raise UsageError(
+            f"--report-only: no study in {display_url(storage_url)} matches these options"
+            + (
+                f"; studies found with other options: {why}. Give --report-only the options "
+                "of the run"
+                if why
+                else "; none of these tasks and optimizers was run with this --study-prefix "
+                "there: run the comparison first"
+            )
+        )
+    planned = sum(p.n_trials for p in plans)
+    to_run = max(0, planned - sum(kept.values())) if config.run_trials else 0
+    # a --no-report run is one worker of a set the user starts: one process unless told
+    workers = config.workers or (default_workers(device, to_run) if config.report else 1)
+    workers = max(1, min(workers, to_run)) if to_run else 1
     log(
         f"gradkit compare: {len(specs)} optimizer(s) \\[{', '.join(s.name for s in specs)}] on "
         f"{', '.join(config.tasks)}; device {device}; storage "
         f"{display_url(storage_url) if tasks else '-'}"
     )
+    if tasks:
+        budget = "; ".join(
+            f"{t.name}: {config.trials or t.trials} trials x {config.seeds or t.seeds} seeds x "
+            f"{config.steps or t.steps} steps per optimizer"
+            for t in tasks
+        )
+        log(
+            f"budget: {budget}; {planned} trials in all, {to_run} to run now; "
+            f"{workers} worker process(es) x {torch.get_num_threads()} thread(s) "
+            f"({usable_cores()} usable core(s); --workers, --threads)"
+        )
+    if sum(kept.values()) and config.run_trials:
+        log(
+            f"resuming: kept {sum(kept.values())} finished trial(s) from the storage ("
+            + ", ".join(f"{k} {v}" for k, v in kept.items() if v)
+            + f"); {to_run} left to run"
+        )
     ran_now = 0
-    with CompareProgress(console, enabled=not config.quiet) as prog:
-        for plan in plans if config.run_trials else []:
-            label = f"{plan.task.name}/{plan.spec.name}"
-            on_event, finish = prog.study(label, plan.n_trials, len(plan.seeds), plan.steps)
+    helpers = (
+        _spawn_workers(config, storage_url, workers - 1)
+        if config.run_trials and not config.worker
+        else []
+    )
+    try:
+        with CompareProgress(
+            console,
+            enabled=not quiet,
+            plain=config.plain_progress,
+            every=config.progress_every,
+            total_trials=to_run,
+            workers=workers,
+        ) as prog:
+            for plan in plans if config.run_trials else []:
+                label = f"{plan.task.name}/{plan.spec.name}"
+                on_event, finish = prog.study(label, plan.n_trials, len(plan.seeds), plan.steps)
 
-            def count(event: str, info: dict[str, Any], on_event=on_event) -> None:
-                nonlocal ran_now
-                ran_now += event == "trial_done"
-                on_event(event, info)
+                def count(event: str, info: dict[str, Any], on_event=on_event) -> None:
+                    nonlocal ran_now
+                    ran_now += event == "trial_done"
+                    on_event(event, info)
 
-            study = run_study(
-                storage,
-                plan,
-                device,
-                progress=count,
-                heartbeat_interval=config.heartbeat,
-                stale_after=config.stale_after,
+                study = run_study(
+                    storage,
+                    plan,
+                    device,
+                    progress=count,
+                    heartbeat_interval=config.heartbeat,
+                    stale_after=config.stale_after,
+                )
+                finish(plan.grid_points_done(study.get_trials(deepcopy=False)))
+            trajectories = (
+                {}
+                if config.worker
+                else _run_trajectories(functions, specs, config.trajectory_steps, prog)
             )
-            finish(plan.grid_points_done(study.get_trials(deepcopy=False)))
-        trajectories = _run_trajectories(functions, specs, config.trajectory_steps, prog)
-    if not config.report:
+            failed = []
+            for proc in helpers:
+                _, err = proc.communicate()
+                if proc.returncode != 0:
+                    failed.append((err.strip().splitlines() or ["no message"])[-1])
+            if failed:
+                # its unfinished trials belong to a dead process on this host: redo them here
+                prog.log(
+                    mask_secrets(
+                        f"a worker process failed ({failed[0]}); finishing its trials in this one"
+                    )
+                )
+                for plan in plans:
+                    on_event, finish = prog.study(
+                        f"{plan.task.name}/{plan.spec.name}",
+                        plan.n_trials,
+                        len(plan.seeds),
+                        plan.steps,
+                    )
+                    study = run_study(
+                        storage,
+                        plan,
+                        device,
+                        progress=on_event,
+                        heartbeat_interval=config.heartbeat,
+                        stale_after=config.stale_after,
+                    )
+                    finish(plan.grid_points_done(study.get_trials(deepcopy=False)))
+    finally:
+        _stop_workers(helpers)
+    if not config.report or config.worker:
         log(f"done in {elapsed(config):.0f} s (report skipped)")
         return None
     from gradkit.bench.report.page import summary_table, write_report
@@ -306,7 +595,7 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
     ]
     reused = sum(len(res.trials) for results in by_task.values() for res in results)
     meta: dict[str, Any] = {
-        "command": config.command,
+        "command": mask_secrets(config.command),
         "device": str(device),
         "torch": torch.__version__,
         "gradkit": gradkit.__version__,
@@ -316,7 +605,9 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
             f"{config.steps or t.steps} steps"
             for t in tasks
         ),
-        "trials run by this invocation": ran_now,
+        "workers": f"{workers} process(es) x {torch.get_num_threads()} thread(s)",
+        "trials run by this invocation": max(ran_now, reused - sum(kept.values())),
+        "trials kept from the storage": sum(kept.values()),
         "trials in the report": reused,
         "training wall time stored in those trials (s)": round(
             sum(r.train_time for r in stored), 1
@@ -334,8 +625,10 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
     # measured last, so that it covers everything this invocation did (trials, calibration)
     meta["wall time of this invocation (s)"] = round(elapsed(config), 1)
     index = write_report(out_dir, by_task, trajectories, meta)
-    if not config.quiet:
+    if not quiet:
         from rich.table import Table
+
+        from gradkit.bench.report.page import verdict
 
         for name, results in by_task.items():
             rows = summary_table(results)
@@ -345,7 +638,11 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
             for row in rows[1:]:
                 table.add_row(*row[:8])
             console.print(table)
-        log(f"report: {index}  (summary: {out_dir / 'summary.md'}); {elapsed(config):.0f} s")
+            log(verdict(results))
+        log(
+            f"report: {index}  (summary: {out_dir / 'summary.md'}); "
+            f"{format_duration(elapsed(config))}"
+        )
     return index
 
 
@@ -405,11 +702,11 @@ def _run_trajectories(functions, specs, steps, prog) -> dict:
     out: dict[str, list] = {}
     if not functions:
         return out
-    bar = prog.progress.add_task(f"{'test functions':<28} runs", total=len(functions) * len(specs))
+    advance = prog.counter("test functions", len(functions) * len(specs))
     for name in functions:
         for spec in specs:
             out.setdefault(name, []).append(
                 best_trajectory(TEST_FUNCTIONS[name], spec, steps=steps)
             )
-            prog.progress.advance(bar)
+            advance()
     return out

@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import random
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ __all__ = [
     "check_storage",
     "describe_storage_error",
     "display_url",
+    "mask_secrets",
     "normalize_url",
     "open_storage",
 ]
@@ -41,13 +43,47 @@ OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
 
 class StorageError(Exception):
     """A storage problem, its message one line naming the cause and what to do: a malformed
-    URL, a missing driver, an unreachable server, a full disk, a corrupt or foreign file."""
+    URL, a missing driver, an unreachable server, a full disk, a corrupt or foreign file.
+    Credentials in the message are masked (:func:`mask_secrets`)."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(mask_secrets(str(message)))
+
+
+_URL_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]*):[^@\s'\"]*@")
+_QUERY_SECRET = re.compile(r"(?i)(\b(?:password|passwd|pwd|secret|token)=)[^&\s'\"]+")
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with the password of every URL (``scheme://user:PASSWORD@host``) and every
+    ``password=``/``token=`` value replaced by ``***``: applied to everything the harness
+    records (command lines, logs, error messages, report files, study attributes)."""
+    text = _URL_CREDENTIALS.sub(r"\1:***@", text)
+    return _QUERY_SECRET.sub(r"\1***", text)
+
+
+def _module_present(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def normalize_url(url: str) -> str:
-    """Accept a SQLAlchemy URL or a plain file path (turned into ``sqlite:///ABS_PATH``)."""
+    """Accept a SQLAlchemy URL or a plain file path (turned into ``sqlite:///ABS_PATH``).
+
+    A bare ``postgresql://`` URL takes SQLAlchemy's default driver (psycopg 3); when only
+    psycopg2 is installed (the ``postgres`` extra) it becomes ``postgresql+psycopg2://``.
+    """
     if "://" not in url:
         return "sqlite:///" + str(Path(url).expanduser().resolve())
+    scheme, rest = url.split("://", 1)
+    if scheme in ("postgresql", "postgres"):
+        if _module_present("psycopg2") and not _module_present("psycopg"):
+            return "postgresql+psycopg2://" + rest
+        return "postgresql://" + rest
     return url
 
 
@@ -56,9 +92,25 @@ def display_url(url: str) -> str:
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(url).render_as_string(hide_password=True)
+        return mask_secrets(make_url(url).render_as_string(hide_password=True))
     except Exception:  # noqa: BLE001 - only used for display
-        return url.split("@")[-1] if "@" in url else url
+        return mask_secrets(url)
+
+
+def _driver_hint(url: str) -> str:
+    """What to install (or write) for the driver of ``url``."""
+    scheme = url.split("://", 1)[0]
+    if scheme.startswith("mysql") or scheme.startswith("mariadb"):
+        return (
+            "install a MySQL driver and name it in the URL: pip install pymysql, then "
+            "mysql+pymysql://... instead of mysql://..."
+        )
+    if scheme.startswith("postgres"):
+        return (
+            "install the driver with pip install psycopg2-binary (the postgres extra) and use "
+            "postgresql+psycopg2://..."
+        )
+    return "install the driver SQLAlchemy names for this URL"
 
 
 def _engine_kwargs(url: str, timeout: float) -> dict:
@@ -229,7 +281,7 @@ def check_storage(url: str, timeout: float = 10.0) -> str:
     except ModuleNotFoundError as exc:
         raise StorageError(
             f"the database driver for {display_url(url)} is not installed ({exc.name}); "
-            "install it (e.g. pip install psycopg2-binary) or use a sqlite:/// URL"
+            f"{_driver_hint(url)}, or use a sqlite:/// URL"
         ) from None
     except Exception as exc:  # noqa: BLE001
         raise StorageError(f"invalid storage URL {display_url(url)}: {exc}") from None

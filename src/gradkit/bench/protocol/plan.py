@@ -9,9 +9,10 @@ a study (see :mod:`gradkit.bench.protocol.grid` for which old points are reused)
 uses exactly the planned grid points (:meth:`StudyPlan.lr_grid`), whatever else the study
 holds.
 
-The learning rate is searched in log scale over ``[low * default_lr, high * default_lr]``, where
-``default_lr`` is the optimizer's own default (so each optimizer gets an interval of the same
-width around its paper's setting); secondary learning rates (``*_lr``, e.g. Muon's ``adamw_lr``)
+The learning rate is searched in log scale over ``[low * centre, high * centre]``, where
+``centre`` is the middle of the optimizer's well-tuned range
+(:func:`gradkit.bench.protocol.optimizers.search_centre`), so each optimizer gets an interval of
+the same width centred where it trains well; secondary learning rates (``*_lr``, e.g. Muon's ``adamw_lr``)
 are scaled with it. ``search`` adds more hyperparameters. The objective is the
 mean final validation metric over the seeds; per-seed curves and metrics are stored as trial user
 attributes (``run_seed<k>``).
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradkit
 from gradkit.bench.protocol.grid import grid_index, log_grid
-from gradkit.bench.protocol.optimizers import OptimizerSpec, default_lr, scaled_hyperparams
+from gradkit.bench.protocol.optimizers import OptimizerSpec, scaled_hyperparams, search_centre
 from gradkit.bench.tasks.interface import Task
 
 if TYPE_CHECKING:
@@ -137,8 +138,9 @@ class StudyPlan:
         return len({grid_index(grid, t.params.get("lr", 0.0)) for t in done} - {None})
 
     def lr_range(self) -> tuple[float, float]:
-        """The searched learning-rate interval: ``lr_factors`` x the optimizer's default."""
-        base = default_lr(self.spec)
+        """The searched learning-rate interval: ``lr_factors`` x the optimizer's search centre
+        (:func:`~gradkit.bench.protocol.optimizers.search_centre`)."""
+        base = search_centre(self.spec)
         return base * self.lr_factors[0], base * self.lr_factors[1]
 
     def diagnose_interval(self) -> int:
@@ -161,6 +163,7 @@ class StudyPlan:
             "eval_every": self.eval_every,
             "schedule": self.schedule,
             "lr_factors": list(self.lr_factors),
+            "lr_centre": search_centre(self.spec),
             "search": sorted(self.search),
             "sampler": self.sampler,
             "grid": "log" if self.sampler == "grid" else None,

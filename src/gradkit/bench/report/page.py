@@ -9,7 +9,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from gradkit.bench.execution.storage import mask_secrets
 from gradkit.bench.execution.trajectories import Trajectory
+from gradkit.bench.protocol.stats import STATISTIC, compare_to_best
 from gradkit.bench.report.plots import (
     plot_curves,
     plot_lr_sensitivity,
@@ -20,7 +22,10 @@ from gradkit.bench.report.plots import (
 )
 from gradkit.bench.report.results import OptimizerResult
 
-__all__ = ["rank", "summary_table", "write_report"]
+__all__ = ["rank", "summary_table", "verdict", "write_report"]
+
+#: Significance level of the paired tests against the best optimizer (Holm-corrected).
+ALPHA = 0.05
 
 
 def _fmt(x: float, spec: str = ".4g") -> str:
@@ -45,7 +50,84 @@ def rank(results: list[OptimizerResult]) -> list[dict[str, Any]]:
     ordered = sorted(summaries, key=key)
     for i, s in enumerate(ordered, 1):
         s["rank"] = i if s["complete"] else None
+    # paired tests on the same seeds, among the ranked optimizers only
+    ranked = {r.optimizer: r.per_seed() for r in results if r.complete and r.best is not None}
+    tests = compare_to_best(ranked, task.higher_is_better, ALPHA)
+    for s in ordered:
+        c = tests.get(s["optimizer"])
+        if c is not None:
+            s["vs_best"] = {
+                "diff": c.diff,
+                "diff_ci": c.diff_ci,
+                "p": c.p,
+                "p_holm": c.p_holm,
+                "paired_seeds": c.seeds,
+                "verdict": c.verdict,
+                "test": f"paired t-test on the same seeds vs the best, Holm-corrected over "
+                f"{max(0, len(tests) - 1)} comparison(s), alpha {ALPHA}",
+            }
     return ordered
+
+
+_GROUP = {
+    "best": "tied for first (best mean)",
+    "tied": "tied for first",
+    "worse": "significantly worse",
+    "untested": "not tested (one seed)",
+}
+
+
+def _names(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def verdict(results: list[OptimizerResult]) -> str:
+    """Two sentences for the top of the report, generated from the paired tests: who has the
+    best mean, who is tied with it, who is significantly worse (or that nothing is)."""
+    task = results[0].task
+    ranked = [s for s in rank(results) if s["rank"] is not None and "vs_best" in s]
+    if not ranked:
+        return (
+            f"On {task.name} no optimizer has all its planned trials yet, so none is ranked. "
+            "Run the same command again without --report-only to finish them."
+        )
+    best = ranked[0]
+    tied = [s["optimizer"] for s in ranked[1:] if s["vs_best"]["verdict"] == "tied"]
+    worse = [s for s in ranked[1:] if s["vs_best"]["verdict"] == "worse"]
+    untested = [s["optimizer"] for s in ranked[1:] if s["vs_best"]["verdict"] == "untested"]
+    first = (
+        f"On {task.name}, {best['optimizer']} has the best mean final {task.metric} "
+        f"({_fmt(best['final_mean'])} ± {_fmt(best['final_ci'], '.2g')}, 95% Student-t CI over "
+        f"{best.get('seeds', 0)} seeds)"
+    )
+    if tied:
+        first += (
+            f", but {_names(tied)} cannot be told apart from it (paired t-test on the same seeds, "
+            f"Holm-corrected, alpha {ALPHA}): {'they are' if len(tied) > 1 else 'both are'} "
+            "tied for first."
+        )
+    else:
+        first += "."
+    if worse:
+        worst_p = max(s["vs_best"]["p_holm"] for s in worse)
+        second = (
+            f"{_names([s['optimizer'] for s in worse])} "
+            f"{'are' if len(worse) > 1 else 'is'} significantly worse (Holm-corrected "
+            f"p ≤ {worst_p:.2g})."
+        )
+    elif untested:
+        second = (
+            f"With one seed nothing can be tested: rerun with --seeds 3 or more to tell "
+            f"{_names([best['optimizer'], *untested])} apart."
+        )
+    elif len(ranked) > 1:
+        second = (
+            f"No optimizer is significantly worse than {best['optimizer']} with "
+            f"{best.get('seeds', 0)} seeds; more seeds (--seeds) are needed to separate them."
+        )
+    else:
+        second = "It is the only optimizer ranked."
+    return first + " " + second
 
 
 def suggested_range(result: OptimizerResult) -> tuple[float, float] | None:
@@ -90,6 +172,21 @@ def notes(results: list[OptimizerResult]) -> list[str]:
                 f"{r.lr_factors[0]:g} {r.lr_factors[1]:g} x its default); its optimum may lie "
                 f"{'below' if edge == 'low' else 'above'}: search --lr-range {lo:.3g} {hi:.3g}."
             )
+    for r in results:
+        failed = r.failed_lrs()
+        if r.trials and len(failed) > len(r.trials) / 2:
+            lrs = ", ".join(f"{lr:.3g}" for lr in failed)
+            good = [t.lr for t in r.trials if t.lr not in failed]
+            hint = (
+                f"; search around the working ones ({', '.join(f'{lr:.3g}' for lr in good)})"
+                if good
+                else ""
+            )
+            out.append(
+                f"POOR GRID: {len(failed)} of {len(r.trials)} learning rates of {r.optimizer} "
+                f"diverged or stayed at chance (lr {lrs}): most of its budget was wasted, so its "
+                f"rank understates it{hint} with --lr-range."
+            )
     return out
 
 
@@ -100,7 +197,10 @@ def summary_table(results: list[OptimizerResult]) -> list[list[str]]:
         "rank",
         "optimizer",
         f"final {task.metric} (mean ± 95% CI)",
-        f"best {task.metric}",
+        "vs best (paired, 95% CI)",
+        "p (Holm)",
+        "group",
+        f"best {task.metric} (mean ± 95% CI)",
         "best lr",
         "reached target",
         "steps to target",
@@ -114,7 +214,9 @@ def summary_table(results: list[OptimizerResult]) -> list[list[str]]:
         "trials x seeds",
     ]
     rows = [header]
-    for s in rank(results):
+    ranking = rank(results)
+    ties = any(s.get("vs_best", {}).get("verdict") == "tied" for s in ranking)
+    for s in ranking:
         place = str(s["rank"]) if s["rank"] is not None else "-"
         trials = f"{s['trials']} x {s.get('seeds', 0)}"
         if not s["complete"]:
@@ -124,6 +226,17 @@ def summary_table(results: list[OptimizerResult]) -> list[list[str]]:
                 [place, s["optimizer"], "no finished trial"] + ["-"] * (len(header) - 4) + [trials]
             )
             continue
+        vs = s.get("vs_best")
+        if vs is None:
+            vs_cells = ["-", "-", "not ranked"]
+        elif vs["verdict"] == "best":
+            vs_cells = ["-", "-", _GROUP["best"] if ties else "best"]
+        else:
+            vs_cells = [
+                f"{_fmt(vs['diff'], '.3g')} ± {_fmt(vs['diff_ci'], '.2g')}",
+                _fmt(vs["p_holm"], ".2g"),
+                _GROUP[vs["verdict"]],
+            ]
         lr = _fmt(s["lr"], ".3g")
         if s["edge"] in ("low", "high", "single"):
             lr += " (UNDER-TUNED: edge of range)" if s["edge"] != "single" else " (one lr only)"
@@ -132,6 +245,7 @@ def summary_table(results: list[OptimizerResult]) -> list[list[str]]:
                 place,
                 s["optimizer"],
                 f"{_fmt(s['final_mean'])} ± {_fmt(s['final_ci'], '.2g')}",
+                *vs_cells,
                 f"{_fmt(s['best_mean'])} ± {_fmt(s['best_ci'], '.2g')}",
                 lr,
                 f"{s['reached']}/{s['seeds']}",
@@ -166,7 +280,8 @@ def _html_table(rows: list[list[str]]) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}
 table{border-collapse:collapse;font-size:14px;margin:1em 0}td,th{border:1px solid #ccc;
 padding:4px 8px;text-align:right}th{background:#f3f3f3}td:nth-child(2){text-align:left;
-font-weight:600}.warn{background:#fff3cd;border:1px solid #e0b000;padding:.5em}img{max-width:100%;border:1px solid #eee;margin:.5em 0}code{background:#f5f5f5}"""
+font-weight:600}.verdict{font-size:16px;background:#eef6ee;border:1px solid #7a7;padding:.6em}
+.warn{background:#fff3cd;border:1px solid #e0b000;padding:.5em}img{max-width:100%;border:1px solid #eee;margin:.5em 0}code{background:#f5f5f5}"""
 
 
 def _diagnostic_figures(
@@ -207,8 +322,12 @@ def write_report(
 ) -> Path:
     """Write ``summary.md``, ``index.html``, ``results.json`` and the PNGs; return the HTML."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {k: mask_secrets(v) if isinstance(v, str) else v for k, v in meta.items()}
     md = ["# gradkit compare report", ""]
     body = ["<h1>gradkit compare report</h1>"]
+    verdicts = [verdict(results) for results in by_task.values() if results]
+    md += [f"**Verdict.** {v}" for v in verdicts] + ([""] if verdicts else [])
+    body += [f'<p class="verdict"><strong>Verdict.</strong> {html.escape(v)}</p>' for v in verdicts]
     setup = [(k, str(v)) for k, v in meta.items() if k != "command"]
     md += [f"Command: `{meta.get('command', '')}`", ""]
     md += [f"- {k}: {v}" for k, v in setup] + [""]
@@ -236,6 +355,10 @@ def write_report(
         )
         warn = notes(results)
         timing = (
+            f"Intervals: {STATISTIC}, the same as the bands and bars of the figures. 'vs best': "
+            "the paired difference to the best optimizer on the same seeds and its 95% CI; "
+            "p (Holm): two-sided paired t-test, Holm-corrected for the number of comparisons; "
+            f"'tied for first': not significantly different from the best at alpha {ALPHA}. "
             "Time to target and train time: steps x the per-step time of the calibration pass "
             "(see 'how time was measured' above); raw wall time to target: measured while the "
             "trials ran, so it depends on what else the machine was doing then."
@@ -292,14 +415,18 @@ def write_report(
             f'<img src="{fig.name}">',
         ]
         dump["trajectories"] = {k: [t.to_dict() for t in v] for k, v in trajectories.items()}
-    (out_dir / "summary.md").write_text("\n".join(md) + "\n")
-    (out_dir / "results.json").write_text(json.dumps(_clean(dump), indent=1))
+    dump["verdict"] = verdicts
+    dump["statistic"] = STATISTIC
+    # credentials never leave the process, whatever text carried them (a command line, a URL
+    # in an error message recorded with a trial)
+    (out_dir / "summary.md").write_text(mask_secrets("\n".join(md) + "\n"))
+    (out_dir / "results.json").write_text(mask_secrets(json.dumps(_clean(dump), indent=1)))
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>gradkit compare</title>"
         f"<style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>"
     )
     index = out_dir / "index.html"
-    index.write_text(page)
+    index.write_text(mask_secrets(page))
     return index
 
 

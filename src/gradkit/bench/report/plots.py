@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import matplotlib.patches
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -13,6 +14,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from gradkit.bench.execution.trajectories import Trajectory  # noqa: E402
+from gradkit.bench.protocol.stats import STATISTIC, mean_ci  # noqa: E402
 from gradkit.bench.report.results import OptimizerResult, TrialResult  # noqa: E402
 from gradkit.bench.tasks.testfunctions import TEST_FUNCTIONS  # noqa: E402
 
@@ -40,16 +42,40 @@ def _stack(runs, attr: str) -> tuple[np.ndarray, np.ndarray]:
     return steps, np.asarray([getattr(r, attr)[:n] for r in runs], dtype=float)
 
 
-def _band(ax, x, ys, color, label) -> None:
-    mean = ys.mean(0)
-    ax.plot(x, mean, color=color, label=label, lw=1.8)
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def _marker(i: int) -> str:
+    return _MARKERS[i % len(_MARKERS)]
+
+
+def _save(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` and free it (tests replace this to inspect the figure)."""
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _ci_columns(ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and 95% Student-t half width of each column of a (seeds, points) array: the
+    statistic of every table and figure of the report (:data:`STATISTIC`)."""
+    pairs = [mean_ci(ys[:, j]) for j in range(ys.shape[1])]
+    mean = np.array([p[0] for p in pairs], dtype=float)
+    half = np.array([p[1] for p in pairs], dtype=float)
+    return mean, np.nan_to_num(half, nan=0.0)
+
+
+def _band(ax, x, ys, color, label, marker: str | None = None) -> None:
+    """Mean over seeds (line) and its 95% Student-t interval (band)."""
+    mean, half = _ci_columns(ys)
+    ax.plot(x, mean, color=color, label=label, lw=1.8, marker=marker, ms=4, markevery=0.1)
     if len(ys) > 1:
-        ax.fill_between(x, ys.min(0), ys.max(0), color=color, alpha=0.2, lw=0)
+        ax.fill_between(x, mean - half, mean + half, color=color, alpha=0.2, lw=0)
 
 
 def plot_curves(results: list[OptimizerResult], path: Path) -> Path:
     """Train loss and validation metric of each optimizer's best configuration against steps
-    and training wall time; line = mean over seeds, band = min..max over seeds."""
+    and training wall time; line = mean over seeds, band = its 95% Student-t interval."""
     task = results[0].task
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     for i, res in enumerate(results):
@@ -58,11 +84,11 @@ def plot_curves(results: list[OptimizerResult], path: Path) -> Path:
             continue
         label = f"{res.optimizer} (lr={best.lr:.2g})"
         x, loss = _stack(best.runs, "train_loss")
-        _band(axes[0], x, loss, _color(i), label)
+        _band(axes[0], x, loss, _color(i), label, _marker(i))
         x, val = _stack(best.runs, "val")
-        _band(axes[1], x, val, _color(i), label)
+        _band(axes[1], x, val, _color(i), label, _marker(i))
         _, wall = _stack(best.runs, "wall")
-        _band(axes[2], wall.mean(0), val, _color(i), label)
+        _band(axes[2], wall.mean(0), val, _color(i), label, _marker(i))
     axes[0].set(xlabel="step", ylabel="train loss", yscale="log", title="training loss")
     axes[1].set(xlabel="step", ylabel=task.metric, title=f"validation {task.metric}")
     axes[2].set(xlabel="training wall time (s)", ylabel=task.metric, title="against wall time")
@@ -81,12 +107,13 @@ def plot_curves(results: list[OptimizerResult], path: Path) -> Path:
         _zoom_metric(ax, results, task)
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, loc="best")
-    fig.suptitle(f"{task.name}: best configuration per optimizer (band: min-max over seeds)")
+    handles, labels = axes[1].get_legend_handles_labels()
+    handles.append(matplotlib.patches.Patch(color="0.6", alpha=0.4))
+    labels.append(f"band: {STATISTIC}")
+    axes[1].legend(handles, labels, fontsize=8, loc="best")
+    fig.suptitle(f"{task.name}: best configuration per optimizer (line and band: {STATISTIC})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _zoom_metric(ax, results, task) -> None:
@@ -106,8 +133,8 @@ def _zoom_metric(ax, results, task) -> None:
 
 
 def plot_lr_sensitivity(results: list[OptimizerResult], path: Path) -> Path:
-    """Final validation metric against the learning rate: mean over seeds, bars from the
-    worst to the best seed."""
+    """Final validation metric against the learning rate: mean over seeds, bars its 95%
+    Student-t interval."""
     task = results[0].task
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     for i, res in enumerate(results):
@@ -115,20 +142,25 @@ def plot_lr_sensitivity(results: list[OptimizerResult], path: Path) -> Path:
             continue
         lrs = np.array([t.lr for t in res.trials])
         finals = [np.array([r.final_val for r in t.runs], dtype=float) for t in res.trials]
-        mean = np.array([f.mean() for f in finals])
-        lo = [m - f.min() for m, f in zip(mean, finals)]
-        hi = [f.max() - m for m, f in zip(mean, finals)]
-        err = np.clip(np.array([lo, hi]), 0.0, None)
+        stats = [mean_ci(f) for f in finals]
+        mean = np.array([m for m, _ in stats], dtype=float)
+        err = np.nan_to_num(np.array([h for _, h in stats], dtype=float), nan=0.0)
         best_lr = lrs[np.argmax(mean if task.higher_is_better else -mean)]
         for ax, x in ((axes[0], lrs), (axes[1], lrs / best_lr)):
             ax.errorbar(
-                x, mean, yerr=err, marker="o", capsize=3, color=_color(i), label=res.optimizer
+                x,
+                mean,
+                yerr=err,
+                marker=_marker(i),
+                capsize=3,
+                color=_color(i),
+                label=res.optimizer,
             )
     axes[0].set(
         xscale="log",
         xlabel="learning rate",
         ylabel=f"final {task.metric}",
-        title="learning-rate sensitivity (mean; bars: min-max over seeds)",
+        title=f"learning-rate sensitivity ({STATISTIC})",
     )
     axes[1].set(
         xscale="log",
@@ -139,12 +171,11 @@ def plot_lr_sensitivity(results: list[OptimizerResult], path: Path) -> Path:
     for ax in axes:
         ax.axhline(task.target, color="k", ls="--", lw=0.8)
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8, title=f"bars: {STATISTIC}", title_fontsize=7)
     fig.suptitle(task.name)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_time_to_target(results: list[OptimizerResult], path: Path) -> Path:
@@ -173,14 +204,13 @@ def plot_time_to_target(results: list[OptimizerResult], path: Path) -> Path:
                     "not reached", (i, 0), ha="center", va="bottom", fontsize=8, rotation=90
                 )
         ax.set_xticks(range(len(names)), names)
+        ax.set_xlabel("optimizer (best configuration; mean over the seeds that reached it)")
         ax.set_ylabel(f"{unit} to target")
         ax.margins(y=0.2)
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(f"{task.name}: steps and seconds to reach {task.metric} {task.target:g}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_trajectories(trajs: dict[str, list[Trajectory]], path: Path) -> Path:
@@ -200,32 +230,41 @@ def plot_trajectories(trajs: dict[str, list[Trajectory]], path: Path) -> Path:
         with torch.no_grad():
             Z = fn.fn(torch.from_numpy(np.stack([X, Y], -1))).numpy()
         if fn.log_contours:
-            ax.contourf(X, Y, np.log10(Z + 1e-3), levels=30, cmap="Greys", alpha=0.55)
+            filled = ax.contourf(X, Y, np.log10(Z + 1e-3), levels=30, cmap="Greys", alpha=0.55)
             ax.contour(X, Y, np.log10(Z + 1e-3), levels=15, colors="0.5", linewidths=0.4)
+            bar_label = "log10(f(x, y) + 0.001)"
         else:
-            ax.contourf(X, Y, Z, levels=30, cmap="Greys", alpha=0.55)
+            filled = ax.contourf(X, Y, Z, levels=30, cmap="Greys", alpha=0.55)
+            bar_label = "f(x, y)"
+        fig.colorbar(filled, ax=ax, label=bar_label, shrink=0.85)
         for t in trajs[name]:
             p = np.asarray(t.path)
-            c = _color(optimizers.index(t.optimizer))
+            k = optimizers.index(t.optimizer)
+            # optimizers with the same lr can follow the same path: each has its own marker
+            # (every few points, offset per optimizer) and dash pattern, drawn on top of the
+            # others in a thinner line, so that hidden paths still show
+            n = len(p)
+            every = max(1, n // 12)
             ax.plot(
                 p[:, 0],
                 p[:, 1],
-                "-",
-                color=c,
-                lw=1.3,
-                marker=".",
-                ms=2,
+                color=_color(k),
+                lw=2.2 - 0.3 * (k % 4),
+                ls=("-", "--", "-.", ":")[k % 4],
+                marker=_marker(k),
+                ms=5,
+                markevery=(min(n - 1, (k * every) // max(1, len(optimizers))), every),
+                markerfacecolor="none",
                 label=f"{t.optimizer} lr={t.lr:.2g} f={t.final_value:.2g}",
+                zorder=3 + k,
             )
-        ax.plot(*fn.start, "ko", ms=5)
-        ax.plot(*fn.minimum, "r*", ms=12)
-        ax.set(xlim=fn.xlim, ylim=fn.ylim, title=fn.description)
+        ax.plot(*fn.start, "ko", ms=5, label="start", zorder=20)
+        ax.plot(*fn.minimum, "r*", ms=12, label="minimum", zorder=20)
+        ax.set(xlim=fn.xlim, ylim=fn.ylim, title=fn.description, xlabel="x", ylabel="y")
         ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("test-function trajectories (each at its best learning rate on a log grid)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def diagnostic_records(trial: TrialResult | None, name: str) -> list[dict]:
@@ -296,9 +335,7 @@ def plot_sharpness(results: list[OptimizerResult], path: Path) -> Path | None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_subspace(results: list[OptimizerResult], path: Path) -> Path | None:
@@ -328,6 +365,4 @@ def plot_subspace(results: list[OptimizerResult], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

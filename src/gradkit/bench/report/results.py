@@ -87,6 +87,30 @@ class OptimizerResult:
             return "high"
         return None
 
+    def per_seed(self) -> dict[int, float]:
+        """Final validation metric of the best configuration on each seed (for paired tests)."""
+        best = self.best
+        return {} if best is None else {r.seed: float(r.final_val) for r in best.runs}
+
+    def failed_lrs(self) -> list[float]:
+        """Learning rates whose trial diverged on some seed or ended, on average, at the task's
+        chance level (no better than ``chance`` plus a tenth of the way to the target)."""
+        task = self.task
+        out = []
+        for t in self.trials:
+            if any(r.diverged for r in t.runs) or not math.isfinite(t.value):
+                out.append(t.lr)
+            elif task.chance is not None:
+                margin = abs(task.target - task.chance) / 10
+                at_chance = (
+                    t.value <= task.chance + margin
+                    if task.higher_is_better
+                    else t.value >= task.chance - margin
+                )
+                if at_chance:
+                    out.append(t.lr)
+        return out
+
     def summary(self) -> dict[str, Any]:
         """Mean and 95% CI over the best trial's seeds of the metrics in the report.
 

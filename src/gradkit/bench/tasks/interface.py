@@ -59,9 +59,11 @@ class Task:
         trials: default number of tuning trials per optimizer.
         seeds: default number of seeds per configuration.
         lr_factors: the learning rate is searched (log scale) in
-            ``[low * default_lr, high * default_lr]`` where ``default_lr`` is each optimizer's
-            own default, so every optimizer gets an interval of the same width around its
-            paper's default.
+            ``[low * centre, high * centre]`` where ``centre`` is the middle of each
+            optimizer's well-tuned range (``gradkit.bench.protocol.optimizers.search_centre``),
+            so every optimizer gets an interval of the same width centred where it trains well.
+        chance: the metric of a model that has learnt nothing (e.g. 0.1 for accuracy on 10
+            balanced classes), or None; the report flags a grid whose points mostly end there.
         references: named reference values of the metric, drawn as lines in the report.
         worst: the metric value recorded for a diverged run (NaN or infinite loss).
         version: the task definition's version; change it when the task changes in a way
@@ -82,10 +84,11 @@ class Task:
     eval_every: int = 100
     trials: int = 4
     seeds: int = 2
-    lr_factors: tuple[float, float] = (0.3, 30.0)
+    lr_factors: tuple[float, float] = (0.1, 10.0)
     references: dict[str, float] = field(default_factory=dict)
     worst: float | None = None
     version: str = "1"
+    chance: float | None = None
 
     def __post_init__(self) -> None:
         if self.worst is None:

@@ -49,4 +49,5 @@ DIGITS_CNN = classification_task(
     steps=600,
     batch_size=64,
     eval_every=50,
+    chance=0.1,
 )
