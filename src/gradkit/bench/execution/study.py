@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from gradkit.bench.execution import workers
 from gradkit.bench.execution.diagnose import make_callbacks
+from gradkit.bench.execution.storage import mask_secrets
 from gradkit.bench.execution.train import train_run
 from gradkit.bench.protocol.plan import StudyPlan, make_sampler, study_name, suggest
 
@@ -106,7 +107,9 @@ def run_study(
                 emit("seed_done", {"seed": seed, "final": result.final_val})
         except BaseException as exc:
             try:
-                trial.set_user_attr("gradkit_error", f"{type(exc).__name__}: {exc}"[:1000])
+                trial.set_user_attr(
+                    "gradkit_error", mask_secrets(f"{type(exc).__name__}: {exc}")[:1000]
+                )
                 study.tell(trial, state=TrialState.FAIL)
             except Exception:  # noqa: BLE001 - keep the original error
                 pass
