@@ -169,7 +169,7 @@ def notes(results: list[OptimizerResult]) -> list[str]:
             out.append(
                 f"UNDER-TUNED: {r.optimizer}'s best lr {lr:.3g} is the {word} one searched "
                 f"(lr {r.lr_range[0]:.3g} to {r.lr_range[1]:.3g}, i.e. --lr-range "
-                f"{r.lr_factors[0]:g} {r.lr_factors[1]:g} x its default); its optimum may lie "
+                f"{r.lr_factors[0]:g} {r.lr_factors[1]:g} x its search centre); its optimum may lie "
                 f"{'below' if edge == 'low' else 'above'}: search --lr-range {lo:.3g} {hi:.3g}."
             )
     for r in results:
