@@ -96,7 +96,7 @@ def test_a_postgres_comparison_writes_the_password_nowhere(tmp_path):
         "--task", "tiny,quadratic", "--optimizers", "adamw,sgd", "--trials", "2",
         "--seeds", "2", "--steps", "20", "--eval-every", "10", "--trajectory-steps", "20",
         "--storage", SECRET_URL, "--study-prefix", prefix, "--out", str(out),
-        "--progress-every", "0.01", "--workers", "2",
+        "--progress-every", "0.01", "--workers", "1",
     ]  # fmt: skip
     env = dict(os.environ)
     runs = [
@@ -106,7 +106,7 @@ def test_a_postgres_comparison_writes_the_password_nowhere(tmp_path):
             [*base, "--steps", "21", "--report-only"], capture_output=True, text=True, timeout=300
         ),
         subprocess.run(
-            [*base[:-8], "--storage", SECRET_URL.replace(":55432/", ":1/"), "--debug"],
+            [*base, "--storage", SECRET_URL.rsplit("@", 1)[0] + "@127.0.0.1:1/x", "--debug"],
             capture_output=True,
             text=True,
             timeout=300,

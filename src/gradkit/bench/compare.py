@@ -110,25 +110,28 @@ def default_workers(device: torch.device, trials_to_run: int) -> int:
 
 
 def check_out(out: str) -> Path:
-    """Validate the report folder before any work: it must be a folder (or creatable as one)
-    that this process can write to. Returns its path; raises :class:`UsageError`."""
+    """Validate the report folder before any work, without creating it: it must be a folder
+    this process can write to, or a path whose nearest existing ancestor is one. Returns the
+    path; raises :class:`UsageError`."""
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out {out!r} is an existing file, not a folder; use another --out")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+    probe = path.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
         raise UsageError(
-            f"cannot create the report folder --out {out!r} ({exc.strerror or exc}); "
+            f"cannot create the report folder --out {out!r}: {str(probe)!r} is a file; "
             "use a folder you can write to"
-        ) from None
+        )
+    verb = "write to" if probe == path.absolute() else "create"
     try:
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".gradkit-write-check-"):
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".gradkit-write-check-"):
             pass
     except OSError as exc:
         raise UsageError(
-            f"cannot write to the report folder --out {out!r} ({exc.strerror or exc}); "
-            "use a folder you can write to"
+            f"cannot {verb} the report folder --out {out!r} ({exc.strerror or exc} in "
+            f"{str(probe)!r}); use a folder you can write to"
         ) from None
     return path
 
