@@ -48,13 +48,13 @@ def test_read_only_folder_is_refused(tmp_path, capsys):
 
 
 def test_bad_storage_is_refused_for_test_function_only_runs(tmp_path, capsys):
+    out = tmp_path / "new"
     code = main(
-        _compare(
-            "--task", "quadratic", "--storage", "postgresql://u:p@127.0.0.1:1/db", out=tmp_path
-        )
+        _compare("--task", "quadratic", "--storage", "postgresql://u:p@127.0.0.1:1/db", out=out)
     )
     err = capsys.readouterr().err
     assert code == 2 and "cannot connect" in err
+    assert not out.exists()  # a refused run leaves nothing behind
 
 
 def test_abbreviated_options_are_refused(tmp_path, capsys):
