@@ -13,9 +13,16 @@ Measures, on an MLP of >= 1M parameters trained briefly on MNIST-1D (CPU is fine
    gradkit Hutchinson / Hutch++ stopped at ``--trace-tol`` relative standard error, PyHessian's
    trace (its own stopping rule) and hessian-eigenthings Hutchinson / Hutch++ at the same
    budget; plus the products each would need for ``--trace-tol`` relative standard error
-   (samples scale as ``stderr^-2``).
+   (samples scale as ``stderr^-2``). gradkit's ``tol`` is the half-width of a 95% interval
+   (the ``half-width`` column), the other libraries' rules bound the standard error;
+4. top-``k`` Lanczos (``--topk``, default 5): for each ``tol`` and reorthogonalisation mode
+   (partial, the default; full, the former one), over ``--topk-seeds`` random starts: products,
+   the largest relative error of the top-``k`` eigenvalues against a tight reference, the
+   seconds per step spent outside the Hessian-vector products (reorthogonalisation, the Ritz
+   values, the recurrence) as a fraction of one product, and the full Gram-Schmidt passes per
+   step.
 
-Run:  python benchmarks/curvature_bench.py [--quick] [--json out.json]
+Run:  python benchmarks/curvature_bench.py [--quick] [--only-topk] [--json out.json]
 """
 
 from __future__ import annotations
@@ -274,13 +281,14 @@ def trace_runs(model, x, y, rel_tol: float, max_samples: int, sketch: int) -> li
     crit = nn.functional.cross_entropy
     rows: list[dict] = []
 
-    def add(lib, setting, value, stderr, hvps, secs, samples):
+    def add(lib, setting, value, stderr, hvps, secs, samples, half_width=None):
         # products for a relative standard error of rel_tol: the residual samples scale as 1/m
         fixed = hvps - samples
         need = fixed + samples * (stderr / (rel_tol * abs(value))) ** 2 if samples > 1 else hvps
         rows.append(
             dict(
                 library=lib,
+                half_width=half_width,
                 setting=setting,
                 value=value,
                 stderr=stderr,
@@ -307,6 +315,7 @@ def trace_runs(model, x, y, rel_tol: float, max_samples: int, sketch: int) -> li
         est.num_matvecs,
         t,
         est.samples.numel(),
+        est.half_width,
     )
     budget = est.num_matvecs
     est2, t = timed(lambda: gk("hutch++"))
@@ -318,6 +327,7 @@ def trace_runs(model, x, y, rel_tol: float, max_samples: int, sketch: int) -> li
         est2.num_matvecs,
         t,
         est2.samples.numel(),
+        est2.half_width,
     )
 
     def run_ph():
@@ -387,6 +397,105 @@ def trace_runs(model, x, y, rel_tol: float, max_samples: int, sketch: int) -> li
     return rows
 
 
+class _TimedOperator:
+    """Wraps a curvature operator; accumulates the seconds spent inside ``matvec``."""
+
+    def __init__(self, op: HessianOperator) -> None:
+        self.op, self.params, self.seconds = op, op.params, 0.0
+
+    @property
+    def dim(self) -> int:
+        return self.op.dim
+
+    @property
+    def num_matvecs(self) -> int:
+        return self.op.num_matvecs
+
+    def gradient(self):
+        return self.op.gradient()
+
+    def matvec(self, v):
+        t0 = time.perf_counter()
+        out = self.op.matvec(v)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def topk_runs(model, x, y, k: int, tols: list[float], seeds: int) -> tuple[list[dict], float]:
+    """Top-k Lanczos per tol / reorthogonalisation mode / seed; returns rows and the reference
+    lambda_k."""
+    import gradkit.curvature.lanczos as lzmod
+
+    crit = nn.functional.cross_entropy
+    op = HessianOperator(model, crit, (x, y))
+    ref, _ = top_eigenpairs(op, k=k, tol=1e-8, max_iter=300, seed=123, reorthogonalize="full")
+    orig_full = lzmod._Lanczos._full
+    rows: list[dict] = []
+    for mode in ["partial", "full"]:
+        for tol in tols:
+            for seed in range(seeds):
+                passes = {"n": 0}
+
+                def counting_full(self, w, passes=passes):
+                    passes["n"] += 1
+                    return orig_full(self, w)
+
+                lzmod._Lanczos._full = counting_full  # type: ignore[method-assign]
+                top = _TimedOperator(HessianOperator(model, crit, (x, y)))
+                top.matvec([torch.zeros_like(p) for p in top.params])  # builds the cached graph
+                top.seconds = 0.0
+                n0 = top.num_matvecs
+                try:
+                    vals, t = timed(
+                        lambda top=top, tol=tol, seed=seed, mode=mode: top_eigenpairs(
+                            top, k=k, tol=tol, max_iter=300, seed=seed, reorthogonalize=mode
+                        )
+                    )
+                finally:
+                    lzmod._Lanczos._full = orig_full  # type: ignore[method-assign]
+                vals = vals[0]
+                hvps = top.num_matvecs - n0
+                per_hvp = top.seconds / hvps
+                overhead = (t - top.seconds) / hvps
+                full_passes = 2 * hvps if mode == "full" else passes["n"]
+                rows.append(
+                    dict(
+                        mode=mode,
+                        tol=tol,
+                        seed=seed,
+                        hvps=hvps,
+                        rel_err=float(((vals - ref).abs() / ref.abs()).max()),
+                        seconds=t,
+                        hvp_seconds=per_hvp,
+                        overhead_per_step=overhead,
+                        overhead_vs_hvp=overhead / per_hvp,
+                        full_passes_per_step=full_passes / hvps,
+                    )
+                )
+    return rows, float(ref[-1])
+
+
+def print_topk(rows: list[dict], k: int) -> None:
+    print(f"\n## top-{k} eigenvalues by Lanczos (max over seeds; per-step costs averaged)")
+    print(
+        "| reorthogonalisation | tol | HVPs (mean / max) | max rel. error of top-"
+        f"{k} | ms per HVP | non-HVP ms per step | non-HVP / HVP | full GS passes per step |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    keys = sorted({(r["mode"], r["tol"]) for r in rows}, key=lambda t: (t[0] != "partial", -t[1]))
+    for mode, tol in keys:
+        rs = [r for r in rows if r["mode"] == mode and r["tol"] == tol]
+        nr = len(rs)
+        print(
+            f"| {mode} | {tol:g} | {sum(r['hvps'] for r in rs) / nr:.1f} / "
+            f"{max(r['hvps'] for r in rs)} | {max(r['rel_err'] for r in rs):.1e} | "
+            f"{sum(r['hvp_seconds'] for r in rs) / nr * 1e3:.1f} | "
+            f"{sum(r['overhead_per_step'] for r in rs) / nr * 1e3:.2f} | "
+            f"{sum(r['overhead_vs_hvp'] for r in rs) / nr:.3f} | "
+            f"{sum(r['full_passes_per_step'] for r in rs) / nr:.2f} |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hidden", type=int, default=1024)
@@ -401,6 +510,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
     ap.add_argument("--oracle-seeds", type=int, default=10)
     ap.add_argument("--only-oracle", action="store_true", help="run only the multi-seed counts")
+    ap.add_argument("--topk", type=int, default=5, help="k of the top-k Lanczos section")
+    ap.add_argument("--topk-seeds", type=int, default=3)
+    ap.add_argument("--only-topk", action="store_true", help="run only the top-k Lanczos section")
     ap.add_argument("--quick", action="store_true", help="small model, for a smoke test")
     ap.add_argument("--json", type=str, default=None)
     args = ap.parse_args()
@@ -427,6 +539,15 @@ def main() -> None:
     )
     print(json.dumps(info))
 
+    topk_tols = [1e-2, 1e-3, 1e-4]
+    if args.only_topk:
+        rows, lam_k = topk_runs(model, xb, yb, args.topk, topk_tols, args.topk_seeds)
+        print(f"reference lambda_{args.topk} = {lam_k:.6g}")
+        print_topk(rows, args.topk)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(info=info, topk=rows), f, indent=1)
+        return
     if args.only_oracle:
         op = HessianOperator(model, nn.functional.cross_entropy, (xb, yb))
         ref = float(top_eigenpairs(op, k=1, tol=1e-8, max_iter=300, seed=123)[0][0])
@@ -475,21 +596,29 @@ def main() -> None:
             print(f"| {lib} | {r['setting']} | {r['hvps']} | {r['seconds']:.2f} |")
 
     tr = trace_runs(model, xb, yb, args.trace_tol, args.trace_max, args.sketch)
-    print(f"\n## trace (target relative stderr {args.trace_tol:g})")
+    print(f"\n## trace (gradkit: 95% interval within {args.trace_tol:g}; others: stderr)")
     print(
-        "| library | setting | trace | stderr | HVPs | seconds | HVPs for target | s for target |"
+        "| library | setting | trace | stderr | 95% half-width | HVPs | seconds | "
+        "HVPs for stderr target | s for stderr target |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in tr:
+        hw = r.get("half_width")
         print(
             f"| {r['library']} | {r['setting']} | {r['value']:.5g} | {r['stderr']:.3g} | "
+            f"{'-' if hw is None else f'{hw:.3g}'} | "
             f"{r['hvps']} | {r['seconds']:.1f} | {r['hvps_for_target']:.0f} | "
             f"{r['seconds_for_target']:.1f} |"
         )
+    rows, lam_k = topk_runs(model, xb, yb, args.topk, topk_tols, args.topk_seeds)
+    print(f"\nreference lambda_{args.topk} = {lam_k:.6g}")
+    print_topk(rows, args.topk)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                dict(info=info, hvp_seconds=hvp, reference=ref, eig=eig, trace=tr), f, indent=1
+                dict(info=info, hvp_seconds=hvp, reference=ref, eig=eig, trace=tr, topk=rows),
+                f,
+                indent=1,
             )
 
 
