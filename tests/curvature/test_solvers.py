@@ -168,3 +168,25 @@ def test_lanczos_abs_solve_few_steps_is_a_krylov_approximation() -> None:
 def test_invalid_arguments_name_the_argument(call, name: str) -> None:
     with pytest.raises(ValueError, match=f"Invalid {name}: .*; {name} must be"):
         call()
+
+
+def test_krylov_basis_solves_many_shifts_with_one_set_of_products() -> None:
+    from gradkit.curvature.solvers import krylov_basis
+
+    a = _spd(30, 11)
+    b = torch.randn(30, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    calls = [0]
+
+    def mv(v: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        return a @ v
+
+    kb = krylov_basis(mv, b, 30)
+    assert calls[0] == kb.steps == 30
+    for shift in (0.0, 0.1, 3.0):
+        want = torch.linalg.solve(a + shift * torch.eye(30, dtype=torch.float64), b)
+        torch.testing.assert_close(kb.solve(shift), want, rtol=1e-8, atol=1e-8)
+    # a short basis gives the CG iterate after as many steps
+    short = krylov_basis(mv, b, 5)
+    cg = conjugate_gradient(lambda v: a @ v, b, damping=0.1, tol=1e-14, max_iter=5)
+    torch.testing.assert_close(short.solve(0.1), cg.x, rtol=1e-8, atol=1e-10)

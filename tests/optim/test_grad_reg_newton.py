@@ -276,3 +276,85 @@ def test_registered_and_created_by_name() -> None:
     assert info.needs_closure and info.defaults["hessian"] == "exact"
     opt = gradkit.create_optimizer(_mlp(), "grad_reg_newton", L=2.0, hessian="fisher")
     assert isinstance(opt, GradRegNewton) and opt.param_groups[0]["L"] == 2.0
+
+
+def _adaptive_reference(x, y, w, gamma, big_l, steps, mu):
+    """The adaptive search written out with dense Hessians: lambda = |g| / gamma; accept if
+    f - f(w - d) >= |g(w - d)|^2 / (8 lambda), then gamma *= 2, else gamma /= 2 and retry."""
+
+    def f(v):
+        return _logreg_loss(v, x, y, mu)
+
+    out = []
+    for _ in range(steps):
+        g = torch.autograd.functional.jacobian(f, w)
+        h = torch.autograd.functional.hessian(f, w)
+        if gamma is None:
+            gamma = math.sqrt(float(g.norm()) / big_l)
+        for _ in range(40):
+            lam = float(g.norm()) / gamma
+            d = torch.linalg.solve(h + lam * torch.eye(len(w), dtype=w.dtype), g)
+            g_new = torch.autograd.functional.jacobian(f, w - d)
+            if float(f(w)) - float(f(w - d)) >= float(g_new.dot(g_new)) / (8 * lam):
+                gamma *= 2
+                break
+            gamma /= 2
+        w = w - d
+        out.append((w.clone(), gamma))
+    return out
+
+
+@pytest.mark.parametrize("mu", [0.0, 1e-2])
+def test_adaptive_search_matches_the_written_out_algorithm(mu: float) -> None:
+    x, y = _logreg()
+    x = 3.0 * x  # sharper curvature: the search has to reject some trials
+    w = nn.Parameter(torch.zeros(6, dtype=torch.float64))
+    # L = 1e-4 starts with an over-long (Newton) step, which the search must shorten
+    opt = GradRegNewton([w], L=1e-4, adaptive=True, weight_decay=mu, cg_max_iter=6)
+    # 6 steps: later, at the optimum, the test f - f(w - d) >= ... compares differences at the
+    # rounding level, and rounding decides between the two implementations
+    ref = _adaptive_reference(x, y, torch.zeros(6, dtype=torch.float64), None, 1e-4, 6, mu)
+    trials = []
+    for want_w, want_gamma in ref:
+
+        def closure():
+            opt.zero_grad()
+            loss = nn.functional.binary_cross_entropy_with_logits(x @ w, y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        trials.append(opt.last_stats["trials"])
+        # Lanczos (gradkit) vs a dense solve (reference), lambda down to ~1e-4: ~1e-8 apart
+        torch.testing.assert_close(w.detach(), want_w, rtol=1e-6, atol=1e-8)
+        assert float(opt.state[w]["gamma"]) == pytest.approx(want_gamma, rel=1e-12)
+    assert max(trials) > 1  # the search did reject steps
+
+
+def test_adaptive_state_resumes_bit_exactly() -> None:
+    x, y = _logreg(seed=3)
+
+    def run(opt, w, steps):
+        for _ in range(steps):
+
+            def closure():
+                opt.zero_grad()
+                loss = _logreg_loss(w, x, y)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+
+    w1 = nn.Parameter(torch.zeros(6, dtype=torch.float64))
+    o1 = GradRegNewton([w1], adaptive=True)
+    run(o1, w1, 8)
+    w2 = nn.Parameter(torch.zeros(6, dtype=torch.float64))
+    o2 = GradRegNewton([w2], adaptive=True)
+    run(o2, w2, 4)
+    sd = o2.state_dict()
+    assert "gamma" in sd["state"][0]
+    w3 = nn.Parameter(w2.detach().clone())
+    o3 = GradRegNewton([w3], adaptive=True)
+    o3.load_state_dict(sd)
+    run(o3, w3, 4)
+    assert torch.equal(w1, w3)

@@ -22,6 +22,7 @@ non-convex optimization", 2014, arXiv 1406.2572).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,14 @@ from gradkit.curvature._utils import (
     unflatten,
 )
 
-__all__ = ["AbsSolveResult", "CGResult", "conjugate_gradient", "lanczos_abs_solve"]
+__all__ = [
+    "AbsSolveResult",
+    "CGResult",
+    "KrylovBasis",
+    "conjugate_gradient",
+    "krylov_basis",
+    "lanczos_abs_solve",
+]
 
 Vector = Tensor | Sequence[Tensor]
 
@@ -175,6 +183,50 @@ def lanczos_abs_solve(
     bnorm = float(bf.norm())
     if bnorm == 0.0 or n == 0:
         return AbsSolveResult(back(torch.zeros_like(bf)), torch.zeros(0, dtype=torch.float64), 0)
+    kb = krylov_basis(matvec, bf, num_steps)
+    x = kb.combine(kb.eigvecs @ (kb.eigvecs[0, :] / (kb.eigvals.abs() + damping)))
+    return AbsSolveResult(back(x), kb.eigvals, kb.steps)
+
+
+@dataclass
+class KrylovBasis:
+    """``m`` Lanczos steps from ``b``: ``A Q^T ~ Q^T T`` with orthonormal rows ``Q`` (``basis``)
+    and ``T = S Theta S^T`` (``eigvals`` ascending, ``eigvecs``; float64).
+
+    ``solve(shift)`` is ``(A + shift I)^-1 b`` restricted to the Krylov space,
+    ``|b| Q^T S (Theta + shift)^-1 S^T e_1``: for symmetric positive definite ``A + shift I``
+    the CG iterate after ``m`` steps. One basis serves many shifts (an adaptive search over the
+    regularization needs no new products).
+    """
+
+    basis: Tensor
+    eigvals: Tensor
+    eigvecs: Tensor
+    bnorm: float
+
+    @property
+    def steps(self) -> int:
+        return int(self.basis.shape[0])
+
+    def combine(self, coeff: Tensor) -> Tensor:
+        """``|b| Q^T coeff`` for coefficients in the eigenbasis of ``T`` already applied."""
+        return (coeff.to(self.basis.dtype) * self.bnorm) @ self.basis
+
+    def solve(self, shift: float) -> Tensor:
+        """``(A + shift I)^-1 b`` in the Krylov space (flat, the dtype of ``b``)."""
+        s = self.eigvecs
+        return self.combine(s @ (s[0, :] / (self.eigvals + shift)))
+
+
+def krylov_basis(op: Any, b: Tensor, num_steps: int) -> KrylovBasis:
+    """Run up to ``num_steps`` Lanczos steps (full re-orthogonalisation) on ``op`` from the flat,
+    nonzero ``b``; stops early when the Krylov space is invariant."""
+    check_positive_int("num_steps", num_steps)
+    matvec, bf, _ = _flat_problem(op, b)
+    n = bf.numel()
+    bnorm = float(bf.norm())
+    if not (bnorm > 0.0 and math.isfinite(bnorm)):
+        raise ValueError("b must be a finite, nonzero vector")
     k = min(num_steps, n)
     basis = torch.empty(k, n, dtype=bf.dtype, device=bf.device)
     basis[0] = bf / bnorm
@@ -204,6 +256,4 @@ def lanczos_abs_solve(
         off = torch.tensor(betas[: m - 1], dtype=torch.float64)
         t = t + torch.diag(off, 1) + torch.diag(off, -1)
     theta, s = torch.linalg.eigh(t)
-    coeff = s @ (s[0, :] / (theta.abs() + damping))  # S (|Theta| + lam)^-1 S^T e_1
-    x = (coeff.to(bf.dtype) * bnorm) @ basis[:m]
-    return AbsSolveResult(back(x), theta, m)
+    return KrylovBasis(basis[:m], theta, s, bnorm)

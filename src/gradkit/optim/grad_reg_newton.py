@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gradkit.core.hyperparams import choice, integer, interval
+from gradkit.core.hyperparams import choice, flag, integer, interval
 from gradkit.core.transform import GradientTransformation, chain
 from gradkit.optim._base import RecipeOptimizer
 from gradkit.optim.registry import register_optimizer
@@ -30,6 +30,13 @@ class GradRegNewton(RecipeOptimizer):
     ``weight_decay`` ``mu`` minimises ``f + mu/2 |x|^2``: ``mu x`` is added to the gradient and
     ``mu I`` to every curvature model (so Gauss-Newton and Fisher models see the regulariser).
 
+    ``adaptive=True``: the paper's adaptive search instead of a fixed ``L``: ``lambda = |g| /
+    gamma``, a step is accepted when ``f(x) - f(x+) >= |g(x+)|^2 / (8 lambda)`` (then ``gamma``
+    doubles for the next step), else ``gamma`` halves and the step is recomputed (one closure
+    call per trial, the curvature model built once: a Krylov basis of ``cg_max_iter`` Lanczos
+    steps, ``cg_tol`` unused). ``L`` sets the first ``gamma = sqrt(|g_0| / L)``; ``gamma`` is
+    state (``state_dict``). Read from the authors' code (epfml/grad-norm-smooth), not the paper.
+
     Needs a closure. Curvature products come from a
     :class:`gradkit.transforms.newton.ModelClosure` (model, loss and batch: any ``hessian``),
     or a plain closure that called ``loss.backward(create_graph=True)`` (exact Hessian
@@ -50,6 +57,7 @@ class GradRegNewton(RecipeOptimizer):
         choice("hvp", "auto", HVP_METHODS),
         integer("diag_samples", 8, low=1),
         integer("seed", 0, low=0),
+        flag("adaptive", False),
     )
     requires_closure = True
 
@@ -62,6 +70,7 @@ class GradRegNewton(RecipeOptimizer):
         hvp: str,
         diag_samples: int,
         seed: int,
+        adaptive: bool,
     ) -> GradientTransformation:
         return chain(
             ScaleByGradRegNewton(
@@ -71,6 +80,7 @@ class GradRegNewton(RecipeOptimizer):
                 hvp=hvp,
                 diag_samples=diag_samples,
                 seed=seed,
+                adaptive=adaptive,
             ),
             ScaleByLearningRate(),
         )

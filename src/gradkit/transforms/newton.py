@@ -35,7 +35,7 @@ from gradkit.core.hyperparams import interval
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
 from gradkit.curvature._utils import flatten, unflatten
 from gradkit.curvature.operators import FisherOperator, GaussNewtonOperator, HessianOperator
-from gradkit.curvature.solvers import conjugate_gradient, lanczos_abs_solve
+from gradkit.curvature.solvers import conjugate_gradient, krylov_basis, lanczos_abs_solve
 
 __all__ = [
     "CURVATURES",
@@ -253,11 +253,19 @@ class ScaleByGradRegNewton(GradientTransformation):
         hvp: str = "auto",
         diag_samples: int = 8,
         seed: int = 0,
+        adaptive: bool = False,
     ) -> None:
         self.curvature = curvature
         self.cg_max_iter, self.cg_tol = cg_max_iter, cg_tol
         self.hvp, self.diag_samples, self.seed = hvp, diag_samples, seed
+        self.adaptive = adaptive
         self.last_stats: dict[str, float] = {}
+
+    def init(self, params: TensorList) -> State:
+        if not self.adaptive:
+            return {}
+        # the adaptive search's radius gamma (0: not set yet), one copy per parameter
+        return {"gamma": [torch.zeros((), dtype=torch.float64) for _ in params]}
 
     def check_group(self, group: Any) -> None:
         if group.get("maximize") and self.curvature in ("gauss_newton", "fisher"):
@@ -293,14 +301,16 @@ class ScaleByGradRegNewton(GradientTransformation):
             out = out if sign > 0 or kind != "exact" else -out
             return out + wd * v if wd else out
 
+        if self.adaptive:
+            try:
+                d = self._adaptive_step(g, gnorm, wd, sign, matvec, state, params, ctx)
+            finally:
+                finish()
+            self.last_stats["matvecs"] = count[0]
+            return ctx.owned([t.to(p.dtype) for t, p in zip(unflatten(d, params), params)])
         try:
             if self.curvature == "diagonal":
-                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + ctx.step)
-                diag = torch.zeros_like(g)
-                for _ in range(self.diag_samples):
-                    z = (torch.randint(0, 2, g.shape, generator=gen) * 2 - 1).to(g)
-                    diag += z * matvec(z)
-                diag = (diag / self.diag_samples).clamp_min(0.0)
+                diag = self._diagonal(g, matvec, ctx)
                 d = g / (diag + lam) if lam > 0 else g / diag.clamp_min(1e-12)
                 iters = 0
             else:
@@ -312,6 +322,91 @@ class ScaleByGradRegNewton(GradientTransformation):
             finish()
         self.last_stats = {"lambda": lam, "iterations": iters, "matvecs": count[0]}
         return ctx.owned([t.to(p.dtype) for t, p in zip(unflatten(d, params), params)])
+
+    def _diagonal(self, g: Tensor, matvec: FlatMatvec, ctx: StepContext) -> Tensor:
+        """Hutchinson: the mean of ``z * (C z)`` over Rademacher ``z``, floored at 0."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + ctx.step)
+        diag = torch.zeros_like(g)
+        for _ in range(self.diag_samples):
+            z = (torch.randint(0, 2, g.shape, generator=gen) * 2 - 1).to(g)
+            diag += z * matvec(z)
+        return (diag / self.diag_samples).clamp_min(0.0)
+
+    def _adaptive_step(
+        self,
+        g: Tensor,
+        gnorm: float,
+        wd: float,
+        sign: float,
+        matvec: FlatMatvec,
+        state: State,
+        params: TensorList,
+        ctx: StepContext,
+    ) -> Tensor:
+        """The adaptive search of the paper's Algorithm 1: ``lambda = |g| / gamma``; accept the
+        step ``d`` if ``f(x) - f(x - d) >= |g(x - d)|^2 / (8 lambda)`` and double ``gamma`` for
+        the next step, else halve ``gamma`` and retry (at most 40 trials; the last is taken).
+        The curvature model is built once (a Krylov basis of ``cg_max_iter`` Lanczos steps, or
+        the diagonal) and serves every trial; each trial costs one closure call."""
+        assert ctx.closure is not None
+        gamma = float(state["gamma"][0])
+        if not gamma > 0.0:  # first step: start where the fixed rule sqrt(L |g|) is
+            big_l = float(ctx.group["L"])
+            gamma = math.sqrt(gnorm / big_l) if big_l > 0 else 1e12
+        if self.curvature == "diagonal":
+            diag = self._diagonal(g, matvec, ctx)
+
+            def solve(lam: float) -> Tensor:
+                return g / (diag + lam)
+
+            steps = 0
+        else:
+            kb = krylov_basis(matvec, g, self.cg_max_iter)
+            solve, steps = kb.solve, kb.steps
+
+        def objective(loss: Any) -> float:
+            value = sign * float(loss.detach() if isinstance(loss, Tensor) else loss)
+            if wd:
+                value += 0.5 * wd * sum(float(p.detach().double().pow(2).sum()) for p in params)
+            return value
+
+        def gradient() -> Tensor:
+            out = flatten(
+                [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params]
+            ).to(g.dtype)
+            out = sign * out
+            return out + wd * flatten([p.detach() for p in params]).to(g.dtype) if wd else out
+
+        f_k = objective(ctx.loss)
+        x0 = [p.detach().clone() for p in params]
+        trials, accepted = 0, False
+        try:
+            while trials < 40:
+                trials += 1
+                lam = gnorm / gamma
+                d = solve(lam)
+                for p, x, t in zip(params, x0, unflatten(d, params)):
+                    p.copy_(x - t.to(p.dtype))
+                with torch.enable_grad():
+                    f_new = objective(ctx.closure())
+                g_new = gradient()
+                if f_k - f_new >= float(g_new.dot(g_new)) / (8.0 * lam):  # NaN: rejected
+                    gamma, accepted = 2.0 * gamma, True
+                    break
+                gamma = 0.5 * gamma
+        finally:
+            for p, x in zip(params, x0):
+                p.copy_(x)
+        for t in state["gamma"]:
+            t.fill_(gamma)
+        self.last_stats = {
+            "lambda": lam,
+            "iterations": steps,
+            "gamma": gamma,
+            "trials": trials,
+            "accepted": float(accepted),
+        }
+        return d
 
     def __repr__(self) -> str:
         return f"ScaleByGradRegNewton(curvature={self.curvature!r})"
