@@ -635,12 +635,17 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
 
         for name, results in by_task.items():
             rows = summary_table(results)
-            table = Table(title=f"{name} (ranked)")
-            for col in rows[0][:8]:
-                table.add_column(col)
-            for row in rows[1:]:
-                table.add_row(*row[:8])
-            console.print(table)
+            if console.is_terminal:
+                table = Table(title=f"{name} (ranked)")
+                for col in rows[0][:8]:
+                    table.add_column(col)
+                for row in rows[1:]:
+                    table.add_row(*row[:8])
+                console.print(table)
+            else:  # a log file: one line per row, never wrapped
+                log(f"{name} (ranked):")
+                for row in rows:
+                    log("  " + " | ".join(row[:8]))
             log(verdict(results))
         log(
             f"report: {index}  (summary: {out_dir / 'summary.md'}); "
