@@ -85,3 +85,11 @@ def test_no_catalogue_ids_in_the_code_docs_or_cli():
         if re.search(r"\bP\d{3}\b", line)
     ]
     assert hits == []
+
+
+def test_the_optimizer_table_in_the_docs_lists_every_registered_optimizer():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "optimizers.md").read_text()
+    listed = set(re.findall(r"^\| `([a-z0-9_]+)` \|", text, flags=re.M))
+    assert {info.name for info in gradkit.list_optimizers()} <= listed
