@@ -18,9 +18,10 @@ Measures, on an MLP of >= 1M parameters trained briefly on MNIST-1D (CPU is fine
 4. top-``k`` Lanczos (``--topk``, default 5): for each ``tol`` and reorthogonalisation mode
    (partial, the default; full, the former one), over ``--topk-seeds`` random starts: products,
    the largest relative error of the top-``k`` eigenvalues against a tight reference, the
-   seconds per step spent outside the Hessian-vector products (reorthogonalisation, the Ritz
-   values, the recurrence) as a fraction of one product, and the full Gram-Schmidt passes per
-   step.
+   CPU seconds per step spent outside the Hessian-vector products (reorthogonalisation, the
+   recurrence, the Ritz values, the final eigenvectors) as a fraction of one product's, and the
+   full Gram-Schmidt passes per step. Run it with ``--threads 1`` (CPU time of spinning
+   worker threads would count otherwise).
 
 Run:  python benchmarks/curvature_bench.py [--quick] [--only-topk] [--json out.json]
 """
@@ -398,7 +399,9 @@ def trace_runs(model, x, y, rel_tol: float, max_samples: int, sketch: int) -> li
 
 
 class _TimedOperator:
-    """Wraps a curvature operator; accumulates the seconds spent inside ``matvec``."""
+    """Wraps a curvature operator; accumulates the CPU seconds (``time.process_time``: robust
+    to other processes on a shared machine; run with ``--threads 1`` so that idle-spinning
+    worker threads are not counted) spent inside ``matvec``."""
 
     def __init__(self, op: HessianOperator) -> None:
         self.op, self.params, self.seconds = op, op.params, 0.0
@@ -415,9 +418,9 @@ class _TimedOperator:
         return self.op.gradient()
 
     def matvec(self, v):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         out = self.op.matvec(v)
-        self.seconds += time.perf_counter() - t0
+        self.seconds += time.process_time() - t0
         return out
 
 
@@ -445,15 +448,14 @@ def topk_runs(model, x, y, k: int, tols: list[float], seeds: int) -> tuple[list[
                 top.matvec([torch.zeros_like(p) for p in top.params])  # builds the cached graph
                 top.seconds = 0.0
                 n0 = top.num_matvecs
+                t0 = time.process_time()
                 try:
-                    vals, t = timed(
-                        lambda top=top, tol=tol, seed=seed, mode=mode: top_eigenpairs(
-                            top, k=k, tol=tol, max_iter=300, seed=seed, reorthogonalize=mode
-                        )
+                    vals, _ = top_eigenpairs(
+                        top, k=k, tol=tol, max_iter=300, seed=seed, reorthogonalize=mode
                     )
                 finally:
                     lzmod._Lanczos._full = orig_full  # type: ignore[method-assign]
-                vals = vals[0]
+                t = time.process_time() - t0
                 hvps = top.num_matvecs - n0
                 per_hvp = top.seconds / hvps
                 overhead = (t - top.seconds) / hvps
@@ -476,7 +478,7 @@ def topk_runs(model, x, y, k: int, tols: list[float], seeds: int) -> tuple[list[
 
 
 def print_topk(rows: list[dict], k: int) -> None:
-    print(f"\n## top-{k} eigenvalues by Lanczos (max over seeds; per-step costs averaged)")
+    print(f"\n## top-{k} eigenvalues by Lanczos (max over seeds; per-step CPU costs averaged)")
     print(
         "| reorthogonalisation | tol | HVPs (mean / max) | max rel. error of top-"
         f"{k} | ms per HVP | non-HVP ms per step | non-HVP / HVP | full GS passes per step |"

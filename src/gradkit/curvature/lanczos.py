@@ -5,7 +5,6 @@ Starting from a unit vector ``q_1`` the Lanczos recurrence (Lanczos 1950; Golub 
 ``span{q_1, A q_1, ..., A^{m-1} q_1}`` and the tridiagonal ``T_m = Q_m^T A Q_m``::
 
     w = A q_j - beta_{j-1} q_{j-1};  alpha_j = q_j . w;  w -= alpha_j q_j
-    w -= [q_{j-1} q_j] ([q_{j-1} q_j]^T w)            (local re-orthogonalisation)
     if omega estimate > sqrt(eps), or the step before did so:  w -= Q (Q^T w)  (DGKS re-pass)
     beta_j = |w|;  q_{j+1} = w / beta_j
 
@@ -122,8 +121,8 @@ class _Lanczos:
 
     ``reorth="partial"`` (Simon 1984) tracks estimates ``omega[i] ~ q_i . q_{j+1}`` of the loss
     of orthogonality by the recurrence of Paige/Simon and orthogonalises against the whole basis
-    only when ``max |omega| > sqrt(eps)`` (and then at the next step too); every step still
-    orthogonalises once more against ``q_j`` and ``q_{j-1}`` (local orthogonality).
+    only when ``max |omega| > sqrt(eps)`` (and then at the next step too). A step that is not
+    one of those costs five passes over ``n``-vectors besides the product.
     ``reorth="full"``: the whole basis, two passes, every step (the former behaviour).
     """
 
@@ -139,6 +138,7 @@ class _Lanczos:
         self.matvec, self.n, self.gen = matvec, n, gen
         self.dtype, self.device = v0.dtype, v0.device
         self.reorth = reorth
+        self._fresh = isinstance(matvec, FlatMatvec)  # returns a new tensor: update it in place
         capacity = max(1, min(capacity, n))
         self.state = LanczosState(
             basis=torch.empty(capacity, n, dtype=v0.dtype, device=v0.device), alphas=[], betas=[]
@@ -182,7 +182,8 @@ class _Lanczos:
                                + beta_{k-1} w_{j,k-1} - beta_{j-1} w_{j-1,k} + eps |A|
 
         the last term taking the sign of the sum (the rounding of one step, bounded), and
-        ``w_{j+1,j} = eps |A| / beta_j`` after the local re-orthogonalisation.
+        ``w_{j+1,j} = eps |A| / beta_j`` (the local rounding of the recurrence; a small
+        ``beta_j`` makes it large and triggers a full pass).
         """
         st = self.state
         j = len(st.alphas) - 1
@@ -210,8 +211,9 @@ class _Lanczos:
         st = self.state
         j = st.m - 1
         q = st.basis[j]
-        w = self.matvec(q).clone()
-        aq_norm = float(w.norm())
+        w = self.matvec(q)
+        if not self._fresh:
+            w = w.clone()  # an arbitrary callable may return its input or a view of its state
         if j > 0 and self.pending_beta != 0.0:
             w.add_(st.basis[j - 1], alpha=-self.pending_beta)
         alpha = float(torch.dot(q, w))
@@ -225,12 +227,10 @@ class _Lanczos:
                 w = _cgs(_cgs(w, st.basis[: st.m]), st.basis[: st.m])
                 self.full_passes += 2
                 self.full_steps += 1
-        else:
-            # local re-orthogonalisation against q_j and q_{j-1} (two dot products)
-            lo = max(0, j - 1)
-            w, _ = _orthogonalise(w, st.basis[lo : st.m])
         st.alphas.append(alpha)
         beta = float(w.norm())
+        # |A q_j|^2 = alpha^2 + beta_{j-1}^2 + beta_j^2 in exact arithmetic: no extra pass
+        aq_norm = (alpha * alpha + self.pending_beta**2 + beta * beta) ** 0.5
         self.anorm = max(self.anorm, abs(alpha) + beta + self.pending_beta)
         eps = self.eps
         if not full and beta <= eps**0.5 * aq_norm:
@@ -271,7 +271,7 @@ class _Lanczos:
                     self._force = True
             st.betas.append(beta)
             self.pending_beta = beta
-            st.basis[st.m] = w / beta
+            torch.div(w, beta, out=st.basis[st.m])
         st.m += 1
 
     @property
