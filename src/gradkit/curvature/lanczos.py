@@ -5,6 +5,7 @@ Starting from a unit vector ``q_1`` the Lanczos recurrence (Lanczos 1950; Golub 
 ``span{q_1, A q_1, ..., A^{m-1} q_1}`` and the tridiagonal ``T_m = Q_m^T A Q_m``::
 
     w = A q_j - beta_{j-1} q_{j-1};  alpha_j = q_j . w;  w -= alpha_j q_j
+    w -= [q_{j-1} q_j] ([q_{j-1} q_j]^T w)                      (local re-orthogonalisation)
     if omega estimate > sqrt(eps), or the step before did so:  w -= Q (Q^T w)  (DGKS re-pass)
     beta_j = |w|;  q_{j+1} = w / beta_j
 
@@ -121,8 +122,8 @@ class _Lanczos:
 
     ``reorth="partial"`` (Simon 1984) tracks estimates ``omega[i] ~ q_i . q_{j+1}`` of the loss
     of orthogonality by the recurrence of Paige/Simon and orthogonalises against the whole basis
-    only when ``max |omega| > sqrt(eps)`` (and then at the next step too). A step that is not
-    one of those costs five passes over ``n``-vectors besides the product.
+    only when ``max |omega| > sqrt(eps)`` (and then at the next step too); every other step
+    re-orthogonalises against ``q_{j-1}`` and ``q_j`` (local orthogonality).
     ``reorth="full"``: the whole basis, two passes, every step (the former behaviour).
     """
 
@@ -182,8 +183,7 @@ class _Lanczos:
                                + beta_{k-1} w_{j,k-1} - beta_{j-1} w_{j-1,k} + eps |A|
 
         the last term taking the sign of the sum (the rounding of one step, bounded), and
-        ``w_{j+1,j} = eps |A| / beta_j`` (the local rounding of the recurrence; a small
-        ``beta_j`` makes it large and triggers a full pass).
+        ``w_{j+1,j} = eps |A| / beta_j`` after the local re-orthogonalisation.
         """
         st = self.state
         j = len(st.alphas) - 1
@@ -227,6 +227,11 @@ class _Lanczos:
                 w = _cgs(_cgs(w, st.basis[: st.m]), st.basis[: st.m])
                 self.full_passes += 2
                 self.full_steps += 1
+        else:
+            # local re-orthogonalisation against q_{j-1} and q_j: keeps the local inner products
+            # at rounding level (Simon's recurrence assumes it), whatever the operator's own
+            # rounding (a float32 Hessian-vector product is symmetric only to ~1e-6)
+            w, _ = _orthogonalise(w, st.basis[max(0, j - 1) : st.m])
         st.alphas.append(alpha)
         beta = float(w.norm())
         # |A q_j|^2 = alpha^2 + beta_{j-1}^2 + beta_j^2 in exact arithmetic: no extra pass
