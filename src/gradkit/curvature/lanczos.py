@@ -248,7 +248,7 @@ class _Lanczos:
             st.betas.append(beta)
             return
         self._grow()
-        scale = max(abs(x) for x in st.alphas) + 1e-300
+        scale = self.anorm + 1e-300  # |A| (Gershgorin bound of T): rounding of A q is ~eps |A|
         if beta <= 10 * eps * scale * (self.n**0.5):
             # invariant subspace: restart from a random vector orthogonal to the basis
             w = _random_unit(self.n, self.gen, self.dtype, self.device)

@@ -38,6 +38,7 @@ from gradkit.curvature._utils import (
     flatten,
     unflatten,
 )
+from gradkit.curvature.lanczos import _Lanczos
 
 __all__ = [
     "AbsSolveResult",
@@ -220,7 +221,8 @@ class KrylovBasis:
 
 def krylov_basis(op: Any, b: Tensor, num_steps: int) -> KrylovBasis:
     """Run up to ``num_steps`` Lanczos steps (full re-orthogonalisation) on ``op`` from the flat,
-    nonzero ``b``; stops early when the Krylov space is invariant."""
+    nonzero ``b``; stops early when the Krylov space is invariant. The recurrence is the
+    curvature engine's own (:mod:`gradkit.curvature.lanczos`)."""
     check_positive_int("num_steps", num_steps)
     matvec, bf, _ = _flat_problem(op, b)
     n = bf.numel()
@@ -228,32 +230,11 @@ def krylov_basis(op: Any, b: Tensor, num_steps: int) -> KrylovBasis:
     if not (bnorm > 0.0 and math.isfinite(bnorm)):
         raise ValueError("b must be a finite, nonzero vector")
     k = min(num_steps, n)
-    basis = torch.empty(k, n, dtype=bf.dtype, device=bf.device)
-    basis[0] = bf / bnorm
-    alphas: list[float] = []
-    betas: list[float] = []
-    eps = torch.finfo(bf.dtype).eps
-    m = 0
-    for j in range(k):
-        q = basis[j]
-        w = matvec(q)
-        if j > 0:
-            w = w - betas[-1] * basis[j - 1]
-        alpha = float(q.dot(w))
-        alphas.append(alpha)
-        w = w - alpha * q
-        for _ in range(2):  # full re-orthogonalisation
-            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
-        m = j + 1
-        beta = float(w.norm())
-        scale = max(abs(a) for a in alphas) + max(betas, default=0.0) + 1e-300
-        if j + 1 >= k or not beta > 10 * eps * scale * n**0.5:
-            break  # done, or the Krylov space is invariant: the solve is exact in it
-        betas.append(beta)
-        basis[j + 1] = w / beta
-    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-    if m > 1:
-        off = torch.tensor(betas[: m - 1], dtype=torch.float64)
-        t = t + torch.diag(off, 1) + torch.diag(off, -1)
-    theta, s = torch.linalg.eigh(t)
-    return KrylovBasis(basis[:m], theta, s, bnorm)
+    # the generator only serves a restart, which this solve never takes: it stops there instead
+    lanczos = _Lanczos(matvec, n, bf, capacity=k, gen=torch.Generator(), reorth="full")
+    while lanczos.steps < k:
+        lanczos.step()
+        if lanczos.restarted or lanczos.exhausted:
+            break  # the Krylov space is invariant: the solve is exact in it
+    theta, s, _ = lanczos.ritz()
+    return KrylovBasis(lanczos.state.basis[: lanczos.steps], theta, s, bnorm)
