@@ -1,4 +1,4 @@
-"""AdaMomentum (P268) against the paper's algorithm box written out (no library implements it)."""
+"""AdaMomentum against the paper's algorithm box written out (no library implements it)."""
 
 from __future__ import annotations
 

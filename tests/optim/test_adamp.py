@@ -1,4 +1,4 @@
-"""AdamP (P024) against torch-optimizer, pytorch-optimizer and the authors' algorithm written out."""
+"""AdamP against torch-optimizer, pytorch-optimizer and the authors' algorithm written out."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""AMSGrad (P212): torch.optim.Adam(amsgrad=True), optax, and the convex counter-example."""
+"""AMSGrad: torch.optim.Adam(amsgrad=True), optax, and the convex counter-example."""
 
 from __future__ import annotations
 

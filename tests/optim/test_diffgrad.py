@@ -1,4 +1,4 @@
-"""diffGrad (P014) against torch-optimizer, pytorch-optimizer and the paper's update written out."""
+"""diffGrad against torch-optimizer, pytorch-optimizer and the paper's update written out."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Lion and Lion-kappa (P049) against lion-pytorch, pytorch-optimizer, optax and the update written out."""
+"""Lion and Lion-kappa against lion-pytorch, pytorch-optimizer, optax and the update written out."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MADGRAD (P300) against torch-optimizer, pytorch-optimizer, optax and the paper's algorithm."""
+"""MADGRAD against torch-optimizer, pytorch-optimizer, optax and the paper's algorithm."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""NovoGrad (P245) against pytorch-optimizer, torch-optimizer, optax and the paper's Algorithm 1."""
+"""NovoGrad against pytorch-optimizer, torch-optimizer, optax and the paper's Algorithm 1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SGDP (P024) against torch-optimizer, pytorch-optimizer and the authors' algorithm written out."""
+"""SGDP against torch-optimizer, pytorch-optimizer and the authors' algorithm written out."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Median tracking (P252) against its proximal-point rule written out, and its median claim."""
+"""Median tracking against its proximal-point rule written out, and its median claim."""
 
 from __future__ import annotations
 
