@@ -38,6 +38,7 @@ from gradkit.sources._base import Backprop, Cost, GradientSource, LossFn
 from gradkit.sources.dfa import DirectFeedbackAlignment, dfa_blocks
 from gradkit.sources.discrete import reinmax, reste_sign, straight_through, straight_through_sign
 from gradkit.sources.forward import ForwardGradient
+from gradkit.sources.forward_forward import ForwardForward
 from gradkit.sources.local_guess import LocalGuessForwardGradient
 from gradkit.sources.zeroth_order import ZerothOrder
 
@@ -45,6 +46,7 @@ __all__ = [
     "Backprop",
     "Cost",
     "DirectFeedbackAlignment",
+    "ForwardForward",
     "ForwardGradient",
     "GradientSource",
     "LocalGuessForwardGradient",
