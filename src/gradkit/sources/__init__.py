@@ -40,6 +40,7 @@ from gradkit.sources.discrete import reinmax, reste_sign, straight_through, stra
 from gradkit.sources.forward import ForwardGradient
 from gradkit.sources.forward_forward import ForwardForward
 from gradkit.sources.local_guess import LocalGuessForwardGradient
+from gradkit.sources.noprop import NoProp, NoPropBlock, NoPropNet, cosine_alpha_bar
 from gradkit.sources.zeroth_order import ZerothOrder
 
 __all__ = [
@@ -51,7 +52,11 @@ __all__ = [
     "GradientSource",
     "LocalGuessForwardGradient",
     "LossFn",
+    "NoProp",
+    "NoPropBlock",
+    "NoPropNet",
     "ZerothOrder",
+    "cosine_alpha_bar",
     "dfa_blocks",
     "reinmax",
     "reste_sign",
