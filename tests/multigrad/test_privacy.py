@@ -286,3 +286,20 @@ def test_invalid_values(kwargs, name):
         DPGradient(1.0, 1.0, expected_batch_size=8)
     with pytest.raises(ValueError, match="delta"):
         DPGradient(1.0, 1.0, expected_batch_size=8, sample_rate=0.1).epsilon(0.0)
+
+
+def test_example_script_runs(monkeypatch, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("mnist1d")
+    script = Path(__file__).parents[2] / "examples" / "private_mnist1d.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--epochs", "1", "--epsilons", "4", "inf"])
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert out.count("\n| ") >= 3 and "non-private" in out
