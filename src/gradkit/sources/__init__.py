@@ -39,6 +39,7 @@ from gradkit.sources.dfa import DirectFeedbackAlignment, dfa_blocks
 from gradkit.sources.discrete import reinmax, reste_sign, straight_through, straight_through_sign
 from gradkit.sources.forward import ForwardGradient
 from gradkit.sources.forward_forward import ForwardForward
+from gradkit.sources.genetic import GeneticAlgorithm, Genome
 from gradkit.sources.local_guess import LocalGuessForwardGradient
 from gradkit.sources.noprop import NoProp, NoPropBlock, NoPropNet, cosine_alpha_bar
 from gradkit.sources.zeroth_order import ZerothOrder
@@ -49,6 +50,8 @@ __all__ = [
     "DirectFeedbackAlignment",
     "ForwardForward",
     "ForwardGradient",
+    "GeneticAlgorithm",
+    "Genome",
     "GradientSource",
     "LocalGuessForwardGradient",
     "LossFn",
