@@ -20,13 +20,13 @@ Compressors (per tensor):
   and other Gradient Compression Schemes", Sai Praneeth Karimireddy, Quentin Rebjock, Sebastian
   U. Stich, Martin Jaggi, 2019, arXiv 1901.09847.
 
-``eta < 1`` follows "EControl: Fast Distributed Optimization with Compression and Error Control"
-(Yuan Gao, Rustem Islamov, Sebastian U. Stich, 2023, arXiv 2311.05087), **reconstructed from its
-abstract only** ("regulate error compensation by controlling the strength of the feedback
-signal"): the residual keeps the full error, and only a fraction ``eta`` of it is fed into what is
-compressed. The paper's full algorithm (including any gradient-difference estimator for
-heterogeneous workers, and its choice of ``eta``) was not read; do not cite this as EControl's
-exact method.
+``eta < 1`` is *inspired by* "EControl: Fast Distributed Optimization with Compression and Error
+Control" (Yuan Gao, Rustem Islamov, Sebastian U. Stich, 2023, arXiv 2311.05645) and
+**reconstructed from its abstract only** ("regulate error compensation by controlling the
+strength of the feedback signal"): the residual keeps the full error and only a fraction ``eta``
+of it is fed into what is compressed. It is not EControl's full method: a summary of the paper
+says EControl also keeps a gradient estimator built from the same compressed message (for
+heterogeneous workers), which is not implemented here, and its choice of ``eta`` was not read.
 
 Memory: one residual tensor per parameter (the parameter's size and dtype).
 """
