@@ -1,7 +1,8 @@
 """The error-feedback compression comm hook under DDP (2 processes, gloo, CPU): identical to
 uncompressed DDP with compression off (and with top-k keeping everything); with top-k (5%) and
 sign compression, training still converges on a small regression task; the residual each rank
-keeps is what its compression held back."""
+keeps is what its compression held back: summed over steps, the applied gradients plus the ranks'
+mean residual equal the sum of the ranks' mean raw gradients."""
 
 from __future__ import annotations
 
@@ -51,14 +52,31 @@ def _worker(rank: int, port: int, out: str) -> None:
             state = ErrorFeedbackHookState(compressor=cfg[0], topk_ratio=cfg[1])
             ddp.register_comm_hook(state, error_feedback_hook)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+        params = list(model.parameters())
+        raw_sum = [torch.zeros_like(p) for p in params]  # sum over steps of the local gradient
+        applied_sum = [torch.zeros_like(p) for p in params]  # sum of what DDP wrote to .grad
         losses = []
         for t in range(STEPS):
             xb, yb = x[t, rank * 8 : (rank + 1) * 8], y[t, rank * 8 : (rank + 1) * 8]
+            raw = torch.autograd.grad(nn.functional.mse_loss(model(xb), yb), params)
             opt.zero_grad()
             loss = nn.functional.mse_loss(ddp(xb), yb)
             loss.backward()
+            for r, a, g, p in zip(raw_sum, applied_sum, raw, params):
+                r.add_(g)
+                a.add_(p.grad)
             opt.step()
             losses.append(loss.item())
+        # the distributed error-feedback invariant: sum of applied + mean residual = sum of the
+        # mean raw gradients (each rank's residual is what it held back)
+        gap = 0.0
+        for r, a, p in zip(raw_sum, applied_sum, params):
+            dist.all_reduce(r)
+            e = torch.zeros_like(p)
+            if state is not None and id(p) in state.residuals:
+                e = state.residuals[id(p)].view_as(p).clone()
+            dist.all_reduce(e)
+            gap = max(gap, float((a + e / 2 - r / 2).abs().max()))
         with torch.no_grad():
             full = float(
                 nn.functional.mse_loss(model(x[-20:].reshape(-1, 8)), y[-20:].reshape(-1, 3))
@@ -71,6 +89,7 @@ def _worker(rank: int, port: int, out: str) -> None:
             "loss": full,
             "first": losses[0],
             "residual": res,
+            "gap": gap,
         }
     if rank == 0:
         torch.save(results, out)
@@ -92,6 +111,8 @@ def test_hook_against_uncompressed_ddp(tmp_path):
     # compressed: converges (loss far below its start and within 2x of uncompressed DDP's)
     plain = r["plain"]["loss"]
     assert plain < 0.05 * r["plain"]["first"]
+    for name in CONFIGS:  # 150 steps of O(1) gradients: rounding far below 1e-10
+        assert r[name]["gap"] < 1e-10, (name, r[name]["gap"])
     for name in ("topk", "sign"):
         assert r[name]["residual"] > 0  # something was held back
         assert r[name]["loss"] < 0.1 * r[name]["first"], (name, r[name])
