@@ -165,3 +165,18 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="num_classes"):
         replace = ForwardForward(_model([2, 4]), 3, embedding="replace")
         replace.embed(torch.zeros(2, 2), torch.zeros(2, dtype=torch.long))
+
+
+def test_accumulate_and_closure() -> None:
+    c = 3
+    model = _model([5 + c, 6, 4])
+    x, y = _data(8, 5, c)
+    source = ForwardForward(model, c, generator=torch.Generator().manual_seed(0))
+    source.compute(model, None, (x, y))
+    once = [p.grad.clone() for p in model.parameters()]
+    source.generator = torch.Generator().manual_seed(0)
+    closure = source.closure(model, None, (x, y), accumulate=True)
+    closure()
+    for p, g in zip(model.parameters(), once):
+        torch.testing.assert_close(p.grad, 2 * g)
+    assert source.cost.calls == 2 and source.cost.forward == 4

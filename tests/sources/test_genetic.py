@@ -140,3 +140,18 @@ def test_bad_arguments() -> None:
         GeneticAlgorithm([])
     with pytest.raises(ValueError, match="loss_fn"):
         GeneticAlgorithm(w, population=4, truncation=2).step(None)  # type: ignore[arg-type]
+
+
+def test_nonfinite_losses_rank_last_and_float32() -> None:
+    w = nn.Parameter(torch.zeros(4))  # float32
+    ga = GeneticAlgorithm([w], population=6, truncation=2, sigma=0.5, seed=0)
+
+    def loss() -> torch.Tensor:
+        v = (w - 1).pow(2).sum()
+        return torch.where(w[0] > 0, torch.tensor(float("nan")), v)
+
+    for _ in range(5):
+        best = ga.step(loss)
+        assert math.isfinite(best) and not w[0].item() > 0
+        for genome, vector in zip(ga.genomes, ga.vectors):
+            assert vector.dtype == torch.float32 and torch.equal(ga.decode(genome), vector)

@@ -147,3 +147,26 @@ def test_bad_arguments() -> None:
         NoPropNet(list(net.blocks), 1)
     with pytest.raises(ValueError, match="model"):
         NoProp(net).compute(_setup()[0], None, (x, y))
+
+
+def test_sampled_inference_and_accumulate() -> None:
+    net, x, y = _setup()
+    with torch.no_grad():
+        got = net(x, sample=True, generator=torch.Generator().manual_seed(4))
+        g = torch.Generator().manual_seed(4)
+        z = torch.randn(7, 3, generator=g, dtype=torch.float64)  # z_0 ~ N(0, I)
+        for t in range(1, net.steps + 1):
+            a, b, c = net.coefficients(t)
+            z = a * softmax(net.blocks[t - 1](x, z), 1) + b * z
+            z = z + math.sqrt(c) * torch.randn(7, 3, generator=g, dtype=torch.float64)
+        torch.testing.assert_close(got, net.classifier(z))
+    # accumulate=True adds to .grad, as a second backward would
+    source = NoProp(net, generator=torch.Generator().manual_seed(0))
+    source.compute(net, None, (x, y))
+    once = [p.grad.clone() for p in net.parameters()]
+    source = NoProp(net, generator=torch.Generator().manual_seed(0))
+    source.compute(net, None, (x, y))
+    source.generator = torch.Generator().manual_seed(0)
+    source.compute(net, None, (x, y), accumulate=True)
+    for p, g1 in zip(net.parameters(), once):
+        torch.testing.assert_close(p.grad, 2 * g1)
