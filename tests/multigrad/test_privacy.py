@@ -28,6 +28,34 @@ def _model(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 3)).double()
 
 
+class _ConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 4, 3, padding=1)
+        self.head = nn.Linear(20, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.conv(x.unsqueeze(1))).flatten(1))
+
+
+def test_clipped_gradient_equals_opacus_conv():
+    x, y = _batch(16, 9)
+    torch.manual_seed(0)
+    ref_model = _ConvNet().double()
+    model = _ConvNet().double()
+    model.load_state_dict(ref_model.state_dict())
+    ref = _opacus_grads(
+        ref_model, x, y, max_grad_norm=1.0, noise_multiplier=0.0, expected_batch_size=16
+    )
+    dp = DPGradient(1.0, 0.0, expected_batch_size=16, accountant=None)
+    got = _gradkit_grads(model, x, y, dp)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    jac, _ = multigrad.per_example_jacobian(model, nn.functional.cross_entropy, x, y)
+    factors = dp.clip_factors(jac)[1]
+    assert (factors < 1).any()
+
+
 def _batch(b: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, 5, generator=g, dtype=torch.float64) * 3, torch.randint(
