@@ -11,6 +11,10 @@ counts its cost (:class:`Cost`); any gradkit or ``torch.optim`` optimizer then s
   gradient, one JVP per block (reconstructed from Fournier et al. 2023).
 - :class:`ZerothOrder`: two-point randomized smoothing (Lin, Zheng, Jordan 2022).
 - :class:`DirectFeedbackAlignment`: fixed random feedback from the output error (Nøkland 2016).
+- :class:`ForwardForward`: layer-local goodness objectives on positive/negative data (Hinton 2022).
+- :class:`NoProp`: independently trained denoising blocks, discrete time (Li, Teh, Pascanu 2025).
+- :class:`GeneticAlgorithm`: truncation-selection GA with seed-chain genomes (Such et al. 2017);
+  a loop with ``step(loss_fn)``, not a ``.grad`` source.
 - :func:`straight_through`, :func:`reinmax`, :func:`straight_through_sign`,
   :func:`reste_sign`: surrogate gradients through discrete units, as autograd functions.
 
