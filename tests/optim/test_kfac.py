@@ -337,3 +337,135 @@ def test_invalid_options_are_refused() -> None:
         KFAC.from_module(_mlp(), damping=0.0)
     with pytest.raises(ValueError, match="Invalid loss_reduction"):
         KFAC.from_module(_mlp(), loss_reduction="max")
+
+
+# ---------------------------------------------------------------------------- Conv2d (KFC)
+def _cnn(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 3 * 3, 4)
+    )
+
+
+def _images(step: int, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(500 + step)
+    return torch.randn(n, 2, 5, 5, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+
+def _loop_patches(x: torch.Tensor, k: int, stride: int, pad: int) -> torch.Tensor:
+    """Rows [patch, 1] by explicit loops (no unfold): (N * H_out * W_out, C k k + 1)."""
+    xp = nn.functional.pad(x, (pad, pad, pad, pad))
+    n, _, h, w = xp.shape
+    rows = []
+    for i in range(n):
+        for r in range(0, h - k + 1, stride):
+            for c in range(0, w - k + 1, stride):
+                rows.append(torch.cat([xp[i, :, r : r + k, c : c + k].reshape(-1), torch.ones(1)]))
+    return torch.stack(rows)
+
+
+def _cnn_quantities(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> tuple:
+    """Conv layer: KFC's A = mean over patches of a~ a~^T, G = (1/N) sum over examples and
+    positions of g g^T (g: per-example output gradients); Linear layer as before."""
+    conv, lin = model[0], model[3]
+    s1 = conv(x)
+    z = torch.tanh(s1).flatten(1)
+    s2 = lin(z)
+    per_example = nn.functional.cross_entropy(s2, y, reduction="none")
+    g1, g2 = torch.autograd.grad(per_example.sum(), (s1, s2))
+    n = x.shape[0]
+    a1 = _loop_patches(x, 3, 2, 1)
+    d1 = g1.permute(0, 2, 3, 1).reshape(-1, 3)
+    a2 = torch.cat([z.detach(), torch.ones(n, 1)], 1)
+    return [(a1.mT @ a1 / a1.shape[0], d1.mT @ d1 / n), (a2.mT @ a2 / n, g2.mT @ g2 / n)]
+
+
+def test_conv_factors_match_kfc_from_explicit_patches() -> None:
+    model = _cnn()
+    opt = KFAC.from_module(model, momentum=0.0)
+    x, y = _images(0)
+    want = _cnn_quantities(copy.deepcopy(model), x, y)  # (the copy's hooks feed the copy)
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    for layer, (wa, wg) in zip((model[0], model[3]), want):
+        st = opt.state[layer.weight]
+        torch.testing.assert_close(st["kfac_a"], wa, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(st["kfac_g"], wg, rtol=1e-12, atol=1e-14)
+
+
+def test_conv_with_one_position_and_one_example_is_the_exact_empirical_fisher() -> None:
+    """One example and one output position (kernel = input size): KFC's Omega (x) Gamma is the
+    empirical Fisher vec(D) vec(D)^T of the per-example gradient (curvature engine)."""
+    torch.manual_seed(8)
+    conv = nn.Conv2d(2, 3, 3)
+    plain = copy.deepcopy(conv)
+    opt = KFAC.from_module(conv, momentum=0.0)
+    x, y = torch.randn(1, 2, 3, 3), torch.randn(1, 3, 1, 1)
+    opt.zero_grad()
+    nn.functional.mse_loss(conv(x), y).backward()
+    opt.step()
+    pe = per_example_gradients(plain, nn.functional.mse_loss, x, y)
+    d = torch.cat([pe["weight"][0].reshape(3, -1), pe["bias"][0][:, None]], 1)
+    st = opt.state[conv.weight]
+    fisher = torch.outer(_vec(d), _vec(d))
+    torch.testing.assert_close(
+        torch.kron(st["kfac_a"], st["kfac_g"]), fisher, rtol=1e-12, atol=1e-14
+    )
+
+
+def test_conv_trajectory_matches_the_rule_written_out() -> None:
+    """15 steps of a CNN (Conv2d stride 2 padding 1, then Linear) against the rule written out
+    with the loop-made patches (sqrt split, f = 2, momentum)."""
+    hp = {
+        "lr": 0.05,
+        "damping": 0.02,
+        "stat_decay": 0.8,
+        "precondition_frequency": 2,
+        "momentum": 0.5,
+    }
+    ref = _cnn(2)
+    layers = [ref[0], ref[3]]
+    fac: list = [None, None]
+    inv: list = [None, None]
+    mom: dict = {}
+    for t in range(1, 16):
+        x, y = _images(t)
+        batch = _cnn_quantities(ref, x, y)
+        grads = torch.autograd.grad(nn.functional.cross_entropy(ref(x), y), list(ref.parameters()))
+        eps = min(1 - 1 / t, hp["stat_decay"])
+        with torch.no_grad():
+            for i, layer in enumerate(layers):
+                fac[i] = (
+                    batch[i]
+                    if t == 1
+                    else tuple(eps * f + (1 - eps) * b for f, b in zip(fac[i], batch[i]))
+                )
+                if (t - 1) % 2 == 0:
+                    r = math.sqrt(hp["damping"])
+                    inv[i] = [torch.linalg.inv(f + r * torch.eye(f.shape[0])) for f in fac[i]]
+                gw, gb = grads[2 * i], grads[2 * i + 1]
+                d = inv[i][1] @ torch.cat([gw.reshape(gw.shape[0], -1), gb[:, None]], 1) @ inv[i][0]
+                for k, (p, u) in enumerate(
+                    ((layer.weight, d[:, :-1].reshape(gw.shape)), (layer.bias, d[:, -1]))
+                ):
+                    key = 2 * i + k
+                    mom[key] = u.clone() if t == 1 else hp["momentum"] * mom[key] + u
+                    p.sub_(hp["lr"] * mom[key])
+    model = _cnn(2)
+    opt = gradkit.create_optimizer(model, "kfac", damping_split="sqrt", **hp)
+    for t in range(1, 16):
+        x, y = _images(t)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-9, atol=1e-11)
+    assert not torch.allclose(model[0].weight, _cnn(2)[0].weight, atol=1e-2)
+
+
+def test_grouped_conv_takes_the_fallback() -> None:
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.Flatten(), nn.Linear(4 * 3 * 3, 2))
+    opt = KFAC.from_module(model)
+    assert [type(m) for m in opt.statistics.layers] == [nn.Linear]
+    assert opt.state_dict()["state"] == {}

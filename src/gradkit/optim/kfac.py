@@ -1,4 +1,4 @@
-"""K-FAC: Kronecker-factored natural-gradient steps for the Linear layers of a model."""
+"""K-FAC: Kronecker-factored natural-gradient steps for the Linear and Conv2d layers of a model."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ __all__ = ["KFAC"]
     arxiv="1503.05671",
 )
 class KFAC(RecipeOptimizer):
-    """K-FAC (block-diagonal) for ``nn.Linear`` layers, SGD with momentum for the rest.
+    """K-FAC (block-diagonal) for ``nn.Linear`` and ``nn.Conv2d`` layers, SGD with momentum for
+    the rest.
 
     Build it from the model, so that hooks can collect the Kronecker factors::
 
@@ -39,19 +40,21 @@ class KFAC(RecipeOptimizer):
             opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
 
     (``KFAC(params)`` followed by ``opt.register(model)`` is the same.) Per step, with ``D`` the
-    gradient ``[dW, db]`` of a registered Linear layer and ``g`` any other gradient::
+    gradient ``[dW, db]`` of a registered layer (a Conv2d kernel as ``(out, in*kh*kw)`` on its
+    input patches, KFC's factors) and ``g`` any other gradient::
 
         g <- g + wd * p                                  (coupled L2, before preconditioning)
         A <- eps_k A + (1 - eps_k) E[a~ a~^T],   G <- eps_k G + (1 - eps_k) E[g g^T],
             eps_k = min(1 - 1/k, stat_decay)
         every f steps: A_inv = (A + pi sqrt(damping) I)^-1,  G_inv = (G + sqrt(damping)/pi I)^-1
-        u = G_inv D A_inv   (Linear layers)    u = g   (every other parameter)
+        u = G_inv D A_inv   (registered layers)    u = g   (every other parameter)
         b <- mu b + (1 - dampening) u   (b = u at first);   p <- p - lr * b
 
     (``pi = sqrt((tr A / dim A) / (tr G / dim G))``, the paper's factored Tikhonov damping;
     ``damping_split="sqrt"`` uses ``pi = 1``.) So the **declared first-order fallback** for
-    parameters that are not the weight or bias of a registered ``nn.Linear`` (Conv2d kernels,
-    norm gains, embeddings, everything when no model is registered) is SGD with the same
+    parameters that are not the weight or bias of a registered ``nn.Linear`` or ``nn.Conv2d``
+    (``groups=1``, zero padding; depthwise convolutions, norm gains, embeddings, everything when
+    no model is registered) is SGD with the same
     ``lr``, ``momentum``, ``dampening`` and ``weight_decay``.
 
     Group hyperparameters: ``lr``, ``damping``, ``stat_decay``, ``precondition_frequency``
@@ -59,18 +62,21 @@ class KFAC(RecipeOptimizer):
     Shampoo's, so a schedule may change it and a resumed run refreshes on the same steps),
     ``momentum``, ``dampening``, ``nesterov``, ``weight_decay``. Construction options:
     ``damping_split`` (``"pi"`` or ``"sqrt"``) and ``loss_reduction`` (``"mean"``: the loss is
-    the mean over the batch rows, so the hooks scale output gradients by the number of rows to
-    get per-example gradients; ``"sum"``: it is their sum).
+    the mean over the examples (the rows of a Linear's input, the images of a Conv2d's), so the
+    hooks scale output gradients by their number to get per-example gradients; ``"sum"``: it is
+    their sum).
 
     Differences from the paper: fixed ``lr`` and heavy-ball momentum instead of the paper's
     step size and momentum chosen on the quadratic model (section 7), no Levenberg-Marquardt
     adaptation of the damping (a scheduler may change ``damping``), block-diagonal only (no
     block-tridiagonal inverse), and the factors use the empirical output gradients of the
     training loss rather than gradients of targets sampled from the model's predictive
-    distribution. ``nn.Conv2d`` is not preconditioned (fallback rule).
+    distribution.
 
     Martens & Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate
-    Curvature", ICML 2015, arXiv 1503.05671.
+    Curvature", ICML 2015, arXiv 1503.05671; convolutions: Grosse & Martens, "A
+    Kronecker-factored approximate Fisher matrix for convolution layers", ICML 2016,
+    arXiv 1602.01407.
     Recipe: ``chain(l2_regularization, KFACPreconditioner, Momentum, ScaleByLearningRate)``.
     """
 
@@ -100,7 +106,7 @@ class KFAC(RecipeOptimizer):
     @classmethod
     def from_module(cls, model: nn.Module, **kwargs: Any) -> KFAC:
         """``KFAC(model.parameters(), **kwargs)`` with hooks on every ``nn.Linear`` of
-        ``model``."""
+        ``model`` (Conv2d: ``groups=1``, zero padding)."""
         opt = cls(model.parameters(), **kwargs)
         opt.register(model)
         return opt
@@ -116,8 +122,9 @@ class KFAC(RecipeOptimizer):
         return self.preconditioner.statistics
 
     def register(self, model: nn.Module) -> KFACStatistics:
-        """Put hooks on every ``nn.Linear`` of ``model`` (replacing earlier ones); their
-        parameters are preconditioned from then on. Call before the first step."""
+        """Put hooks on every ``nn.Linear`` and ``nn.Conv2d`` (``groups=1``, zero padding) of
+        ``model``, replacing earlier ones; their parameters are preconditioned from then on.
+        Call before the first step."""
         if self.statistics is not None:
             self.statistics.remove()
         stats = KFACStatistics(model, self.options["loss_reduction"])

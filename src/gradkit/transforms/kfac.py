@@ -1,4 +1,4 @@
-"""K-FAC: Kronecker-factored approximate curvature for ``nn.Linear`` layers.
+"""K-FAC: Kronecker-factored approximate curvature for ``nn.Linear`` and ``nn.Conv2d`` layers.
 
 For a linear layer ``s = W a (+ b)`` the Fisher block of its weights is approximated by a
 Kronecker product of two small matrices (Martens & Grosse, section 3):
@@ -8,18 +8,25 @@ Kronecker product of two small matrices (Martens & Grosse, section 3):
     F ~ A (x) G           (with vec stacking columns: vec(dW) = a~ (x) g)
 
 and the preconditioned direction of the layer's gradient ``D = [dW, db]`` (``out x (in + 1)``) is
-``(A (x) G)^-1 vec(D) = vec(G^-1 D A^-1)``.
+``(A (x) G)^-1 vec(D) = vec(G^-1 D A^-1)``. A Conv2d kernel is the matrix
+``(out, in * kh * kw)`` acting on the unfolded input patches, with the factors of KFC (Grosse &
+Martens, "A Kronecker-factored approximate Fisher matrix for convolution layers", arXiv
+1602.01407): ``Omega (x) Gamma`` with ``Omega = E_i[sum_t a~_t a~_t^T]`` over the spatial positions
+``t`` and ``Gamma = E_i[(1/|T|) sum_t g_t g_t^T]``, i.e. (the ``|T|`` moved between them)
+``A = mean over all patches of a~ a~^T`` and ``G = (1/N) sum_{i,t} g_{i,t} g_{i,t}^T``.
 
-**Statistics.** :class:`KFACStatistics` registers a forward hook on every ``nn.Linear`` of a
-model; the hook keeps the layer's input and registers a hook on the output tensor, which, when
-the backward pass reaches it, adds ``(1/R) sum_r a~_r a~_r^T`` and ``c * sum_r d_r d_r^T`` to the
-layer's pending statistics (``R`` rows: the batch, or batch x positions for ``(N, T, in)``
-inputs; ``d_r`` the rows of the output gradient; ``c = R`` for a loss that is the *mean* over the
-rows, which rescales ``d_r`` to the per-example gradient ``R d_r``, and ``c = 1/R`` for a
-*summed* loss: the construction option ``loss_reduction``). Only forward passes whose backward
-pass ran count; several backward passes before one step (gradient accumulation) are averaged.
-The optimizer consumes the pending statistics at its step and clears them after every step
-(also a skipped one).
+**Statistics.** :class:`KFACStatistics` registers a forward hook on every ``nn.Linear`` and every
+``nn.Conv2d`` with ``groups=1`` and zero padding of a model; the hook keeps the layer's input and
+registers a hook on the output tensor, which, when the backward pass reaches it, adds
+``(1/R) sum_r a~_r a~_r^T`` and ``c * sum_r d_r d_r^T`` to the layer's pending statistics (``R``
+rows: the batch, batch x positions for ``(N, T, in)`` Linear inputs, or batch x output pixels for
+a Conv2d; ``d_r`` the rows of the output gradient; with ``N`` examples (``N = R`` for a Linear,
+the batch size for a Conv2d), ``c = N`` for a loss that is the *mean* over the examples, which
+rescales ``d_r`` to the per-example gradient ``N d_r``, and ``c = 1/N`` for a *summed* loss: the
+construction option ``loss_reduction``). Only forward passes whose backward pass ran count;
+several backward passes before one step (gradient accumulation) are averaged. The optimizer
+consumes the pending statistics at its step and clears them after every step (also a skipped
+one).
 
 **The rule** (:class:`KFACPreconditioner`), per layer at its ``k``-th step (``k`` the step count
 of its weight):
@@ -41,8 +48,8 @@ plus the cross terms ``d_A I (x) G + A (x) d_G I``.
 every step, saved in the state dict, so a schedule may change them and a resumed run refreshes on
 the same steps); the inverses keep the damping of the step that computed them.
 
-Parameters that are not the weight or bias of a registered ``nn.Linear`` (``nn.Conv2d`` kernels,
-norm gains, embeddings, parameters of an optimizer built without a model) pass through
+Parameters that are not the weight or bias of a registered layer (norm gains, embeddings,
+grouped or depthwise convolutions, parameters of an optimizer built without a model) pass through
 unchanged: the optimizer's declared first-order rule (see :mod:`gradkit.optim.kfac`) applies to
 them. A layer's weight and bias must be in the same param group.
 
@@ -70,11 +77,40 @@ __all__ = [
     "LOSS_REDUCTIONS",
     "KFACPreconditioner",
     "KFACStatistics",
+    "input_rows",
     "kfac_damping_terms",
 ]
 
 DAMPING_SPLITS = ("pi", "sqrt")
 LOSS_REDUCTIONS = ("mean", "sum")
+
+
+def _supported_conv(m: nn.Module) -> bool:
+    """A Conv2d whose patches ``unfold`` gives: groups 1, zero padding given as numbers."""
+    return (
+        type(m) is nn.Conv2d
+        and m.groups == 1
+        and m.padding_mode == "zeros"
+        and not isinstance(m.padding, str)
+    )
+
+
+def input_rows(layer: nn.Module, x: Tensor) -> Tensor:
+    """The ``R x n`` rows that a layer's weight multiplies: the inputs of a Linear (all leading
+    dimensions flattened), the unfolded patches of a Conv2d (channel-major, the order of
+    ``weight.reshape(out, -1)``; ``R = N H_out W_out``)."""
+    if isinstance(layer, nn.Conv2d):
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        patches = nn.functional.unfold(
+            x,
+            layer.kernel_size,
+            dilation=layer.dilation,
+            padding=layer.padding,  # type: ignore[arg-type]
+            stride=layer.stride,
+        )
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    return x.reshape(-1, x.shape[-1])
 
 
 class _LayerHook:
@@ -97,7 +133,8 @@ class _LayerHook:
 
 
 class KFACStatistics:
-    """Kronecker-factor statistics of the ``nn.Linear`` layers of a model, from hooks.
+    """Kronecker-factor statistics of the ``nn.Linear`` and ``nn.Conv2d`` layers of a model,
+    from hooks.
 
     ``layers``: the registered modules. ``pending(i)``: ``(A_batch, G_batch)`` of layer ``i``
     since the last :meth:`clear` (``None`` if none), see the module docstring for their scaling.
@@ -113,7 +150,9 @@ class KFACStatistics:
                 f"{LOSS_REDUCTIONS}"
             )
         self.loss_reduction = loss_reduction
-        self.layers: list[nn.Linear] = [m for m in model.modules() if type(m) is nn.Linear]
+        self.layers: list[nn.Linear | nn.Conv2d] = [
+            m for m in model.modules() if type(m) is nn.Linear or _supported_conv(m)
+        ]
         self._sums: list[list[Any]] = [[None, None, 0] for _ in self.layers]
         self._handles = [
             m.register_forward_hook(_LayerHook(self, i)) for i, m in enumerate(self.layers)
@@ -128,13 +167,19 @@ class KFACStatistics:
         """Add one backward pass's ``(1/R) a~^T a~`` and ``c d^T d`` to layer ``index``."""
         layer = self.layers[index]
         dt = factor_dtype(layer.weight.dtype)
-        a = a.reshape(-1, a.shape[-1]).to(dt)
-        d = grad.reshape(-1, grad.shape[-1]).to(dt)
+        a = input_rows(layer, a).to(dt)
+        if isinstance(layer, nn.Conv2d):  # (N, out, H, W) -> (N H W, out); examples: N
+            examples = grad.shape[0] if grad.dim() == 4 else 1
+            d = grad.reshape(examples, grad.shape[-3], -1).transpose(1, 2)
+            d = d.reshape(-1, grad.shape[-3]).to(dt)
+        else:
+            d = grad.reshape(-1, grad.shape[-1]).to(dt)
+            examples = d.shape[0]
         rows = a.shape[0]
         if self.has_bias(index):
             a = torch.cat([a, a.new_ones(rows, 1)], dim=1)
         a_batch = a.mT @ a / rows
-        scale = float(rows) if self.loss_reduction == "mean" else 1.0 / rows
+        scale = float(examples) if self.loss_reduction == "mean" else 1.0 / examples
         g_batch = (d.mT @ d) * scale
         s = self._sums[index]
         s[0] = a_batch if s[0] is None else s[0] + a_batch
@@ -182,7 +227,7 @@ def kfac_damping_terms(a: Tensor, g: Tensor, damping: float, split: str) -> tupl
 
 
 class KFACPreconditioner(GradientTransformation):
-    """K-FAC's direction ``G^-1 [dW, db] A^-1`` for registered ``nn.Linear`` layers.
+    """K-FAC's direction ``G^-1 [dW, db] A^-1`` for registered Linear and Conv2d layers.
 
     See :mod:`gradkit.transforms.kfac` for the rule. ``statistics`` (a :class:`KFACStatistics`)
     is set when the optimizer is bound to a model; without it every parameter passes through.
@@ -216,7 +261,7 @@ class KFACPreconditioner(GradientTransformation):
             dt = factor_dtype(p.dtype)
             entry = where.get(id(p))
             if entry is not None and entry[1] == "weight":
-                out_f, in_f = p.shape
+                out_f, in_f = p.shape[0], math.prod(p.shape[1:])
                 in_f += int(self.statistics.has_bias(entry[0]))  # type: ignore[union-attr]
                 sizes = (in_f, out_f, in_f, out_f)
             else:
@@ -272,14 +317,14 @@ class KFACPreconditioner(GradientTransformation):
                 d_a, d_g = kfac_damping_terms(a_fac, g_fac, damping, self.damping_split)
                 a_inv.copy_(damped_inverse_root(a_fac, 1.0, d_a))
                 g_inv.copy_(damped_inverse_root(g_fac, 1.0, d_g))
-            u = updates[i].to(a_fac.dtype)
+            u = updates[i].reshape(updates[i].shape[0], -1).to(a_fac.dtype)
             if bias_i is not None:
                 u = torch.cat([u, updates[bias_i].to(a_fac.dtype).unsqueeze(1)], dim=1)
             d = g_inv @ u @ a_inv
             if bias_i is not None:
                 out[bias_i] = d[:, -1].to(updates[bias_i].dtype)
                 d = d[:, :-1]
-            out[i] = d.to(updates[i].dtype)
+            out[i] = d.reshape(updates[i].shape).to(updates[i].dtype)
         return ctx.owned(out)
 
     def __repr__(self) -> str:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from gradkit.core.hyperparams import interval
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
-from gradkit.transforms.kfac import _LayerHook
+from gradkit.transforms.kfac import _LayerHook, input_rows
 from gradkit.transforms.preconditioning import factor_dtype
 
 __all__ = ["TrActPreconditioner", "TrActStatistics", "first_layer", "input_rows"]
@@ -47,23 +47,6 @@ def first_layer(model: nn.Module) -> nn.Linear | nn.Conv2d:
         if type(m) in (nn.Linear, nn.Conv2d):
             return m
     raise ValueError("TrAct needs a model with an nn.Linear or nn.Conv2d layer")
-
-
-def input_rows(layer: nn.Linear | nn.Conv2d, x: Tensor) -> Tensor:
-    """The ``b x n`` rows that the layer's weight multiplies: the inputs of a Linear, the
-    unfolded patches of a Conv2d (channel-major, the order of ``weight.reshape(out, -1)``)."""
-    if isinstance(layer, nn.Conv2d):
-        if x.dim() == 3:
-            x = x.unsqueeze(0)
-        patches = nn.functional.unfold(
-            x,
-            layer.kernel_size,
-            dilation=layer.dilation,
-            padding=layer.padding,  # type: ignore[arg-type]
-            stride=layer.stride,
-        )
-        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
-    return x.reshape(-1, x.shape[-1])
 
 
 def _check_layer(layer: nn.Module) -> None:
