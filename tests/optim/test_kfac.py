@@ -469,3 +469,17 @@ def test_grouped_conv_takes_the_fallback() -> None:
     opt = KFAC.from_module(model)
     assert [type(m) for m in opt.statistics.layers] == [nn.Linear]
     assert opt.state_dict()["state"] == {}
+
+
+def test_a_frozen_weight_leaves_its_trainable_bias_to_the_fallback() -> None:
+    model = _mlp()
+    model[0].weight.requires_grad_(False)
+    ref = copy.deepcopy(model)
+    opt = KFAC.from_module(model, lr=0.1, momentum=0.0)
+    assert opt.statistics.layers == [model[2]]
+    x, y = _data(4)
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    grad = torch.autograd.grad(nn.functional.cross_entropy(ref(x), y), ref[0].bias)[0]
+    torch.testing.assert_close(model[0].bias.detach(), ref[0].bias.detach() - 0.1 * grad)

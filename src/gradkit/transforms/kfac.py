@@ -11,15 +11,15 @@ and the preconditioned direction of the layer's gradient ``D = [dW, db]`` (``out
 ``(A (x) G)^-1 vec(D) = vec(G^-1 D A^-1)``. A Conv2d kernel is the matrix
 ``(out, in * kh * kw)`` acting on the unfolded input patches, with the factors of KFC (Grosse &
 Martens, "A Kronecker-factored approximate Fisher matrix for convolution layers", arXiv
-1602.01407): ``Omega (x) Gamma`` with ``Omega = E_i[sum_t a~_t a~_t^T]`` over the spatial positions
-``t`` and ``Gamma = E_i[(1/|T|) sum_t g_t g_t^T]``, i.e. (the ``|T|`` moved between them)
+1602.01407): ``Omega (x) Gamma`` with ``Omega = E_i[sum_t a~_t a~_t^T]`` over the spatial
+positions ``t`` and ``Gamma = E_i[(1/|T|) sum_t g_t g_t^T]``, i.e. (the ``|T|`` moved between them)
 ``A = mean over all patches of a~ a~^T`` and ``G = (1/N) sum_{i,t} g_{i,t} g_{i,t}^T``.
 
-**Statistics.** :class:`KFACStatistics` registers a forward hook on every ``nn.Linear`` and every
-``nn.Conv2d`` with ``groups=1`` and zero padding of a model; the hook keeps the layer's input and
-registers a hook on the output tensor, which, when the backward pass reaches it, adds
-``(1/R) sum_r a~_r a~_r^T`` and ``c * sum_r d_r d_r^T`` to the layer's pending statistics (``R``
-rows: the batch, batch x positions for ``(N, T, in)`` Linear inputs, or batch x output pixels for
+**Statistics.** :class:`KFACStatistics` registers a forward hook on every ``nn.Linear`` and
+every ``nn.Conv2d`` with ``groups=1`` and zero padding of a model whose weight is trainable; the
+hook keeps the layer's input and registers a hook on the output tensor, which, when the backward
+pass reaches it, adds ``(1/R) sum_r a~_r a~_r^T`` and ``c * sum_r d_r d_r^T`` to the layer's
+pending statistics (``R`` rows: the batch, batch x positions for ``(N, T, in)`` Linear inputs, or batch x output pixels for
 a Conv2d; ``d_r`` the rows of the output gradient; with ``N`` examples (``N = R`` for a Linear,
 the batch size for a Conv2d), ``c = N`` for a loss that is the *mean* over the examples, which
 rescales ``d_r`` to the per-example gradient ``N d_r``, and ``c = 1/N`` for a *summed* loss: the
@@ -35,8 +35,10 @@ of its weight):
     A <- eps_k A + (1 - eps_k) A_batch,   G <- eps_k G + (1 - eps_k) G_batch
     on k = 1, 1 + f, 1 + 2f, ...  (f = precondition_frequency):
         damping_split="pi":   pi = sqrt((tr(A) / dim A) / (tr(G) / dim G))
-                              A_inv = (A + pi sqrt(damping) I)^-1,  G_inv = (G + sqrt(damping)/pi I)^-1
-        damping_split="sqrt": A_inv = (A + sqrt(damping) I)^-1,    G_inv = (G + sqrt(damping) I)^-1
+                              A_inv = (A + pi sqrt(damping) I)^-1
+                              G_inv = (G + sqrt(damping) / pi I)^-1
+        damping_split="sqrt": A_inv = (A + sqrt(damping) I)^-1
+                              G_inv = (G + sqrt(damping) I)^-1
     out = G_inv D A_inv        (split back into the weight's and the bias's update)
 
 ``damping_split="pi"`` is the factored Tikhonov damping of the paper's section 6.3 (``pi = 1``
@@ -151,7 +153,9 @@ class KFACStatistics:
             )
         self.loss_reduction = loss_reduction
         self.layers: list[nn.Linear | nn.Conv2d] = [
-            m for m in model.modules() if type(m) is nn.Linear or _supported_conv(m)
+            m
+            for m in model.modules()
+            if (type(m) is nn.Linear or _supported_conv(m)) and m.weight.requires_grad
         ]
         self._sums: list[list[Any]] = [[None, None, 0] for _ in self.layers]
         self._handles = [
