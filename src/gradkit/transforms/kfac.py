@@ -15,18 +15,18 @@ Martens, "A Kronecker-factored approximate Fisher matrix for convolution layers"
 positions ``t`` and ``Gamma = E_i[(1/|T|) sum_t g_t g_t^T]``, i.e. (the ``|T|`` moved between them)
 ``A = mean over all patches of a~ a~^T`` and ``G = (1/N) sum_{i,t} g_{i,t} g_{i,t}^T``.
 
-**Statistics.** :class:`KFACStatistics` registers a forward hook on every ``nn.Linear`` and
-every ``nn.Conv2d`` with ``groups=1`` and zero padding of a model whose weight is trainable; the
-hook keeps the layer's input and registers a hook on the output tensor, which, when the backward
-pass reaches it, adds ``(1/R) sum_r a~_r a~_r^T`` and ``c * sum_r d_r d_r^T`` to the layer's
-pending statistics (``R`` rows: the batch, batch x positions for ``(N, T, in)`` Linear inputs, or batch x output pixels for
-a Conv2d; ``d_r`` the rows of the output gradient; with ``N`` examples (``N = R`` for a Linear,
-the batch size for a Conv2d), ``c = N`` for a loss that is the *mean* over the examples, which
-rescales ``d_r`` to the per-example gradient ``N d_r``, and ``c = 1/N`` for a *summed* loss: the
-construction option ``loss_reduction``). Only forward passes whose backward pass ran count;
-several backward passes before one step (gradient accumulation) are averaged. The optimizer
-consumes the pending statistics at its step and clears them after every step (also a skipped
-one).
+**Statistics.** :class:`KFACStatistics` registers a forward hook on every ``nn.Linear`` and every
+``nn.Conv2d`` with ``groups=1`` and zero padding of a model whose weight is trainable; the hook
+keeps the layer's input and registers a hook on the output tensor, which, when the backward pass
+reaches it, adds ``(1/R) sum_r a~_r a~_r^T`` and ``c * sum_r d_r d_r^T`` to the layer's pending
+statistics (``R`` rows: the batch, batch x positions for ``(N, T, in)`` Linear inputs, or batch x
+output pixels for a Conv2d; ``d_r`` the rows of the output gradient; with ``N`` examples (``N = R``
+for a Linear, the batch size for a Conv2d), ``c = N`` for a loss that is the *mean* over the
+examples, which rescales ``d_r`` to the per-example gradient ``N d_r``, and ``c = 1/N`` for a
+*summed* loss: the construction option ``loss_reduction``). Only forward passes whose backward pass
+ran count; several backward passes before one step (gradient accumulation) are averaged. The
+optimizer consumes the pending statistics at its step and clears them after every step (also a
+skipped one).
 
 **The rule** (:class:`KFACPreconditioner`), per layer at its ``k``-th step (``k`` the step count
 of its weight):
