@@ -285,7 +285,7 @@ class KFACPreconditioner(GradientTransformation):
         damping = float(ctx.group["damping"])
         decay = float(ctx.group["stat_decay"])
         freq = int(ctx.group["precondition_frequency"])
-        out = ctx.writable(updates)  # pass-through entries may alias the gradients
+        out = list(updates)  # pass-through entries may alias the gradients: not marked owned
         for i, p in enumerate(params):
             entry = where.get(id(p))
             if entry is None or entry[1] != "weight":
@@ -329,7 +329,7 @@ class KFACPreconditioner(GradientTransformation):
                 out[bias_i] = d[:, -1].to(updates[bias_i].dtype)
                 d = d[:, :-1]
             out[i] = d.reshape(updates[i].shape).to(updates[i].dtype)
-        return ctx.owned(out)
+        return out
 
     def __repr__(self) -> str:
         return f"KFACPreconditioner(damping_split={self.damping_split!r})"
