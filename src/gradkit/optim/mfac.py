@@ -35,7 +35,9 @@ class MFAC(RecipeOptimizer):
     divided by ``m``). ``num_gradients`` (``m``) and ``blocks`` are construction options (they
     fix the state's shape); ``damping`` is a group hyperparameter. Memory: ``m`` copies of the
     parameters plus an ``m x m`` matrix per tensor; the paper uses ``m = 1024`` on GPUs, the
-    default here is 32.
+    default here is 32. Default ``lr = 1e-2``: on the digits CNN of ``gradkit compare`` (150
+    steps, three seeds) it reached 90-97% validation accuracy, ``1e-3`` about 73% and ``1e-1``
+    25-72%.
 
     Frantar, Kurtic & Alistarh, "M-FAC: Efficient Matrix-Free Approximations of Second-Order
     Information", NeurIPS 2021, arXiv 2107.03356.
@@ -43,7 +45,7 @@ class MFAC(RecipeOptimizer):
     """
 
     hyperparameters = {
-        "lr": 1e-3,
+        "lr": 1e-2,
         "damping": 1e-3,
         "momentum": 0.0,
         "dampening": 0.0,
