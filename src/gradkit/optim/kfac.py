@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from gradkit.core.hyperparams import choice
 from gradkit.core.transform import GradientTransformation, chain
-from gradkit.optim._base import RecipeOptimizer
+from gradkit.optim._layer_hooks import LayerHookOptimizer
 from gradkit.optim.registry import register_optimizer
 from gradkit.transforms.decay import l2_regularization
 from gradkit.transforms.kfac import (
@@ -29,7 +28,7 @@ __all__ = ["KFAC"]
     paper="Optimizing Neural Networks with Kronecker-factored Approximate Curvature",
     arxiv="1503.05671",
 )
-class KFAC(RecipeOptimizer):
+class KFAC(LayerHookOptimizer):
     """K-FAC (block-diagonal) for ``nn.Linear`` and ``nn.Conv2d`` layers, SGD with momentum for
     the rest.
 
@@ -100,6 +99,8 @@ class KFAC(RecipeOptimizer):
         choice("loss_reduction", "mean", LOSS_REDUCTIONS),
     )
 
+    preconditioner_type = KFACPreconditioner
+
     def recipe(self, *, damping_split: str, loss_reduction: str) -> GradientTransformation:
         return chain(
             l2_regularization(),
@@ -116,29 +117,7 @@ class KFAC(RecipeOptimizer):
         opt.register(model)
         return opt
 
-    @property
-    def preconditioner(self) -> KFACPreconditioner:
-        """The chain's :class:`KFACPreconditioner`."""
-        return next(t for t in self.transform.transforms if isinstance(t, KFACPreconditioner))
-
-    @property
-    def statistics(self) -> KFACStatistics | None:
-        """The hooks' :class:`KFACStatistics`, or None before :meth:`register`."""
-        return self.preconditioner.statistics
-
-    def register(self, model: nn.Module) -> KFACStatistics:
-        """Put hooks on every ``nn.Linear`` and ``nn.Conv2d`` (``groups=1``, zero padding) of
-        ``model``, replacing earlier ones; their parameters are preconditioned from then on.
-        Call before the first step."""
-        if self.statistics is not None:
-            self.statistics.remove()
-        stats = KFACStatistics(model, self.options["loss_reduction"])
-        self.preconditioner.statistics = stats
-        return stats
-
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        try:
-            return super().step(closure)
-        finally:
-            if self.statistics is not None:
-                self.statistics.clear()
+    def make_statistics(self, model: nn.Module) -> KFACStatistics:
+        """Hooks on every ``nn.Linear`` and ``nn.Conv2d`` (``groups=1``, zero padding) of
+        ``model``; their parameters are preconditioned from then on."""
+        return KFACStatistics(model, self.options["loss_reduction"])

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from gradkit.core.hyperparams import choice
 from gradkit.core.transform import GradientTransformation, chain
-from gradkit.optim._base import RecipeOptimizer
+from gradkit.optim._layer_hooks import LayerHookOptimizer
 from gradkit.optim.registry import register_optimizer
 from gradkit.transforms.decay import decoupled_weight_decay, l2_regularization
 from gradkit.transforms.moments import Momentum, ScaleByAdam
@@ -27,7 +26,7 @@ TRACT_BASES = ("adamw", "sgd")
     paper="TrAct: Making First-layer Pre-Activations Trainable",
     arxiv="2410.23970",
 )
-class TrAct(RecipeOptimizer):
+class TrAct(LayerHookOptimizer):
     """TrAct on the first layer, then AdamW (``base="adamw"``, default) or SGD (``"sgd"``).
 
     Build it from the model, so that a hook can see the first layer's inputs::
@@ -61,6 +60,8 @@ class TrAct(RecipeOptimizer):
     }
     options = (choice("base", "adamw", TRACT_BASES),)
 
+    preconditioner_type = TrActPreconditioner
+
     def recipe(self, *, base: str) -> GradientTransformation:
         if base == "sgd":
             return chain(
@@ -80,28 +81,6 @@ class TrAct(RecipeOptimizer):
         opt.register(model if layer is None else layer)
         return opt
 
-    @property
-    def preconditioner(self) -> TrActPreconditioner:
-        """The chain's :class:`TrActPreconditioner`."""
-        return next(t for t in self.transform.transforms if isinstance(t, TrActPreconditioner))
-
-    @property
-    def statistics(self) -> TrActStatistics | None:
-        """The hook's :class:`TrActStatistics`, or None before :meth:`register`."""
-        return self.preconditioner.statistics
-
-    def register(self, model_or_layer: nn.Module) -> TrActStatistics:
-        """Hook the first ``nn.Linear``/``nn.Conv2d`` of ``model_or_layer`` (itself, if it is
-        one), replacing an earlier hook."""
-        if self.statistics is not None:
-            self.statistics.remove()
-        stats = TrActStatistics(first_layer(model_or_layer))
-        self.preconditioner.statistics = stats
-        return stats
-
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        try:
-            return super().step(closure)
-        finally:
-            if self.statistics is not None:
-                self.statistics.clear()
+    def make_statistics(self, model: nn.Module) -> TrActStatistics:
+        """A hook on the first ``nn.Linear``/``nn.Conv2d`` of ``model`` (itself, if it is one)."""
+        return TrActStatistics(first_layer(model))
