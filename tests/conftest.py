@@ -27,3 +27,14 @@ def device(request: pytest.FixtureRequest) -> str:
 # The test problems are tiny; one intra-op thread avoids oversubscribing the two CI cores
 # (subprocess tests and distributed tests start their own interpreters).
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _default_dtype_is_restored():
+    """A test that changes torch's default dtype must restore it: fail it otherwise, so the
+    change cannot leak into the tests that run after it."""
+    before = torch.get_default_dtype()
+    yield
+    after = torch.get_default_dtype()
+    torch.set_default_dtype(before)
+    assert after == before, f"the test left torch's default dtype at {after} (was {before})"

@@ -15,7 +15,15 @@ import gradkit
 from gradkit.curvature.per_example import per_example_gradients
 from gradkit.optim.kfac import KFAC
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64_by_default():
+    """These tests compare to dense float64 answers; the default dtype is restored after each
+    (a module-level switch would change it for every test of the session)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
 
 
 def _mlp(seed: int = 0, bias: bool = True) -> nn.Sequential:
