@@ -53,6 +53,19 @@ def _init_process_group(rank: int, port: int) -> None:
     torch.set_num_threads(1)
 
 
+def leave_and_exit() -> None:
+    """End a spawned rank: wait for the other rank, leave the group, and exit at once.
+
+    Exiting through ``os._exit`` skips the interpreter's teardown, where gloo's background
+    threads can still be joinable and abort the process ("terminate called without an active
+    exception": a SIGABRT seen now and then under load, after every result was saved). The
+    barrier makes sure no rank leaves while the other still needs a collective.
+    """
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
+
+
 def _save_and_finish(
     rank: int, params: list[torch.Tensor], local_count: int, out: str, opt_state: dict | None
 ) -> None:
@@ -62,7 +75,7 @@ def _save_and_finish(
     dist.all_reduce(count)
     if rank == 0:
         torch.save({"params": params, "count": int(count), "opt": opt_state}, out)
-    dist.destroy_process_group()
+    leave_and_exit()
 
 
 def run_rank(

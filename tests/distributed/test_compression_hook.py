@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from muon_distributed import free_port
+from muon_distributed import free_port, leave_and_exit
 
 STEPS = 150
 CONFIGS = {
@@ -93,7 +93,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         }
     if rank == 0:
         torch.save(results, out)
-    dist.destroy_process_group()
+    leave_and_exit()
 
 
 @pytest.mark.slow
