@@ -25,6 +25,7 @@ import statistics
 import sys
 
 import torch
+from gradient_replay import stepper
 
 SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)]
 LAYERS = 12
@@ -84,18 +85,6 @@ def matmul_rate_workload() -> float:
 
     ms = cuda_time(run, 30, 5)
     return ns_flops(SHAPES * LAYERS, 1) / (ms * 1e-3)
-
-
-def stepper(opt, params):
-    """A step function that restores the gradients first (heavyball clears ``p.grad``)."""
-    grads = [p.grad for p in params]
-
-    def step():
-        for p, g in zip(params, grads):
-            p.grad = g
-        opt.step()
-
-    return step
 
 
 def make_params(seed: int = 0) -> list[torch.nn.Parameter]:

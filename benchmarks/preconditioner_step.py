@@ -30,6 +30,7 @@ import sys
 import time
 
 import torch
+from gradient_replay import stepper
 
 SHAPES = [(256, 256), (256, 256), (512, 128), (512, 128)]
 
@@ -43,18 +44,6 @@ def make_params(seed: int = 0) -> list[torch.nn.Parameter]:
             p.grad = torch.randn(*shape, generator=g) * 1e-3
             ps.append(p)
     return ps
-
-
-def stepper(opt, params):
-    """Restore the gradients before each step (heavyball clears ``p.grad``)."""
-    grads = [p.grad for p in params]
-
-    def step():
-        for p, g in zip(params, grads):
-            p.grad = g
-        opt.step()
-
-    return step
 
 
 def contenders(method: str):
