@@ -160,6 +160,14 @@ def breakdown(times: dict, grads: list[torch.Tensor], args) -> None:
     print(json.dumps(times, indent=1), flush=True)
 
 
+class _PrintingDict(dict):
+    """Prints each timing as it is recorded, so a run cut short keeps what it measured."""
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        print(f"  {key}: {value}", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=50)
@@ -185,8 +193,9 @@ def main() -> int:
         "bf16_rate_workload_tflops": wl / 1e12,
         "floor_ms_peak_rate": flops / peak * 1e3,
         "floor_ms_workload_rate": flops / wl * 1e3,
-        "step_ms": {},
+        "step_ms": _PrintingDict(),
     }
+    print(json.dumps({k: v for k, v in results.items() if k != "step_ms"}), flush=True)
     times: dict[str, float] = results["step_ms"]  # type: ignore[assignment]
 
     from gradkit.optim.muon import Muon

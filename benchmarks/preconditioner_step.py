@@ -1,8 +1,12 @@
-"""CPU step time of Shampoo, SOAP and PSGD Kron: gradkit against heavyball and pytorch-optimizer.
+"""Step time of Shampoo, SOAP and PSGD Kron: gradkit against heavyball and pytorch-optimizer.
 
 Usage:
 
     PYTHONPATH=src python benchmarks/preconditioner_step.py [--rounds 7] [--steps 10] [--threads 1]
+    PYTHONPATH=src python benchmarks/preconditioner_step.py --device cuda
+
+On CUDA the parameter set is the eight matrices of two GPT-2 small blocks (see ``CUDA_SHAPES``)
+and each round is bracketed by ``torch.cuda.synchronize()``.
 
 The parameter set: two 256x256 and two 512x128 matrices and their bias vectors (256, 256, 512,
 512), fp32, fixed random gradients. Every contender is amortised alike: Shampoo's inverse roots
@@ -33,17 +37,24 @@ import torch
 from gradient_replay import stepper
 
 SHAPES = [(256, 256), (256, 256), (512, 128), (512, 128)]
+# On CUDA: the matrices of two GPT-2 small blocks (attention in/out, MLP in/out), 14.2M params.
+CUDA_SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 2
 
 
-def make_params(seed: int = 0) -> list[torch.nn.Parameter]:
+def make_params(seed: int = 0, device: str = "cpu", shapes=SHAPES) -> list[torch.nn.Parameter]:
     g = torch.Generator().manual_seed(seed)
     ps = []
-    for r, c in SHAPES:
+    for r, c in shapes:
         for shape in ((r, c), (r,)):
-            p = torch.nn.Parameter(torch.randn(*shape, generator=g) * 0.02)
-            p.grad = torch.randn(*shape, generator=g) * 1e-3
+            p = torch.nn.Parameter((torch.randn(*shape, generator=g) * 0.02).to(device))
+            p.grad = (torch.randn(*shape, generator=g) * 1e-3).to(device)
             ps.append(p)
     return ps
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def contenders(method: str):
@@ -98,11 +109,12 @@ def contenders(method: str):
     return out
 
 
-def run(method: str, rounds: int, steps: int) -> dict[str, float | str]:
+def run(method: str, rounds: int, steps: int, device: str = "cpu") -> dict[str, float | str]:
     steppers = {}
     results: dict[str, float | str] = {}
+    shapes = CUDA_SHAPES if device == "cuda" else SHAPES
     for label, factory in contenders(method):
-        ps = make_params()
+        ps = make_params(device=device, shapes=shapes)
         try:
             steppers[label] = stepper(factory(ps), ps)
         except Exception as err:  # an unavailable or failing library: say so in the table
@@ -111,9 +123,11 @@ def run(method: str, rounds: int, steps: int) -> dict[str, float | str]:
     for r in range(rounds + 1):
         for label, step in list(steppers.items()):
             try:
+                _sync(device)
                 t0 = time.perf_counter()
                 for _ in range(steps):
                     step()
+                _sync(device)
                 dt = (time.perf_counter() - t0) / steps
             except Exception as err:
                 results[label] = f"failed: {type(err).__name__}: {err}"[:120]
@@ -133,6 +147,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--methods", default="Shampoo,SOAP,PSGD Kron")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -141,12 +156,15 @@ def main() -> None:
         f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
         f"{args.threads} torch thread(s), {platform.python_version()}, torch {torch.__version__}"
     )
-    print(f"parameters: {', '.join('x'.join(map(str, s)) for s in SHAPES)} + their bias vectors")
+    shapes = CUDA_SHAPES if args.device == "cuda" else SHAPES
+    if args.device == "cuda":
+        print(f"device: {torch.cuda.get_device_name()}")
+    print(f"parameters: {', '.join('x'.join(map(str, s)) for s in shapes)} + their bias vectors")
     print()
     print("| method | implementation | ms / step (median) | ratio to gradkit |")
     print("|---|---|---|---|")
     for method in [m.strip() for m in args.methods.split(",")]:
-        res = run(method, args.rounds, args.steps)
+        res = run(method, args.rounds, args.steps, args.device)
         base = res.get("gradkit")
         for label, value in res.items():
             if isinstance(value, float):

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from gradient_replay import stepper
 
 import gradkit
 
@@ -59,6 +60,19 @@ def _lion_pytorch(params, hp):
     return Lion(params, **hp)
 
 
+def _heavyball(name: str, **extra: Any) -> Callable:
+    def make(params, hp):
+        import heavyball
+        import heavyball.utils
+
+        # heavyball compiles its step by default with max-autotune (minutes of autotuning);
+        # "default" mode compiles without autotuning, like gradkit's compiled path.
+        heavyball.utils.compile_mode = "default"
+        return getattr(heavyball, name)(params, **{**hp, **extra})
+
+    return make
+
+
 def _torch(name: str, **extra: Any) -> Callable:
     return lambda params, hp: getattr(torch.optim, name)(params, **{**hp, **extra})
 
@@ -73,6 +87,7 @@ MAPPING: dict[str, tuple[dict[str, Any], dict[str, Callable]]] = {
             "torch.AdamW(fused)": _torch("AdamW", fused=True),
             "torch.AdamW(foreach, compiled step)": _torch("AdamW", foreach=True),
             "pytorch_optimizer.AdamW": _po("AdamW"),
+            "heavyball.AdamW": _heavyball("AdamW"),
         },
     ),
     "sgd": (
@@ -174,6 +189,20 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * n * 4 / statistics.median(times)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def first_step_seconds(step: Callable[[], Any], device: torch.device) -> float:
+    """Wall seconds of the very first ``step()`` (state allocation and any compilation)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    step()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
 def time_steps(step: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> float:
     """Median milliseconds of ``step()``."""
     for _ in range(warmup):
@@ -216,9 +245,11 @@ def bench_one(label, make, shapes, device, warmup, iters, compile_step=False) ->
     graphs = counters["stats"]["unique_graphs"]
     try:
         opt = make(params)
-        step = opt.step
         if compile_step:
             step = torch.compile(opt.step)
+        else:
+            step = stepper(opt, params)  # restores the gradients (heavyball clears them)
+        row["first_step_s"] = first_step_seconds(step, device)
         row["ms"] = time_steps(step, device, warmup, iters)
         row["state_buffers"] = state_buffers(opt, params)
         row["compiled_graphs"] = counters["stats"]["unique_graphs"] - graphs
@@ -236,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--optimizers", default="", help="comma-separated gradkit names (default all)")
     ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--jsonl", default=None, help="append each row here as soon as it is measured")
     ap.add_argument("--iters", type=int, default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -253,8 +285,15 @@ def main(argv: list[str] | None = None) -> None:
         "params": n_params,
         "copy_bandwidth_GBps": bandwidth / 1e9 if bandwidth else None,
     }
-    print(json.dumps(header))
     rows: list[dict[str, Any]] = []
+
+    def emit(row: dict[str, Any]) -> None:
+        print(json.dumps(row), flush=True)
+        if args.jsonl:  # a killed run keeps every finished row
+            with open(args.jsonl, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+    emit(header)
     for name in wanted:
         if name not in MAPPING:
             print(f"# {name}: no library counterpart in the mapping table, skipped")
@@ -268,7 +307,12 @@ def main(argv: list[str] | None = None) -> None:
             continue
         hp, libs = MAPPING[name]
         gk_hp = {k: v for k, v in hp.items() if k in info.defaults}
-        variants = [("eager", False), ("fast path", True if not cuda else None)]
+        variants = [("eager", False)]
+        if info.cls(make_params([(2,)], device), **gk_hp).transform.flat_ok:
+            # the default on CUDA is the compiled flat path; on CPU the default is eager
+            variants.append(
+                ("default, compiled flat" if cuda else "fused=True", None if cuda else True)
+            )
         for vlabel, fused in variants:
             row = bench_one(
                 f"gradkit.{name} ({vlabel})",
@@ -277,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
             )  # fmt: skip
             row["optimizer"] = name
             rows.append(row)
-            print(json.dumps(row))
+            emit(row)
         for label, make in libs.items():
             if "fused" in label and not cuda:
                 continue
@@ -287,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
             )  # fmt: skip
             row["optimizer"] = name
             rows.append(row)
-            print(json.dumps(row))
+            emit(row)
     ref = next((r.get("ms") for r in rows if r["row"] == "torch.AdamW(fused)"), None)
     for r in rows:
         if "ms" not in r:
@@ -300,7 +344,10 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"{header['device']}, torch {header['torch']}, {n_params / 1e6:.1f}M fp32 params", end="")
     print(f", copy bandwidth {bandwidth / 1e9:.0f} GB/s" if bandwidth else "")
-    print(f"{'optimizer':12s} {'row':40s} {'ms/step':>9s} {'/fusedAdamW':>11s} {'/floor':>7s}")
+    print(
+        f"{'optimizer':12s} {'row':40s} {'ms/step':>9s} {'/fusedAdamW':>11s} {'/floor':>7s}"
+        f" {'first step s':>12s}"
+    )
     for r in rows:
         if "ms" not in r:
             print(f"{r['optimizer']:12s} {r['row']:40s} {r['error']}")
@@ -310,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{r['optimizer']:12s} {r['row']:40s} {r['ms']:9.3f} "
             f"{(f'{vs:.2f}' if vs else '-'):>11s} {(f'{fl:.2f}' if fl else '-'):>7s}"
+            f" {r['first_step_s']:12.2f}"
         )
     if args.json:
         with open(args.json, "w") as fh:
