@@ -9,6 +9,8 @@ counts its cost (:class:`Cost`); any gradkit or ``torch.optim`` optimizer then s
 - :class:`ForwardGradient`: ``(grad . v) v`` from forward-mode JVPs (Baydin et al. 2022).
 - :class:`LocalGuessForwardGradient`: the end-to-end gradient projected on a local loss's
   gradient, one JVP per block (reconstructed from Fournier et al. 2023).
+- :class:`ActivityPerturbedForwardGradient`: forward gradients with random directions in
+  activation space, the weight gradient formed locally (Ren et al. 2022).
 - :class:`ZerothOrder`: two-point randomized smoothing (Lin, Zheng, Jordan 2022).
 - :class:`DirectFeedbackAlignment`: fixed random feedback from the output error (Nøkland 2016).
 - :class:`ForwardForward`: layer-local goodness objectives on positive/negative data (Hinton 2022).
@@ -39,6 +41,7 @@ True
 """
 
 from gradkit.sources._base import Backprop, Cost, GradientSource, LossFn
+from gradkit.sources.activity_forward import ActivityPerturbedForwardGradient
 from gradkit.sources.dfa import DirectFeedbackAlignment, dfa_blocks
 from gradkit.sources.discrete import reinmax, reste_sign, straight_through, straight_through_sign
 from gradkit.sources.forward import ForwardGradient
@@ -49,6 +52,7 @@ from gradkit.sources.noprop import NoProp, NoPropBlock, NoPropNet, cosine_alpha_
 from gradkit.sources.zeroth_order import ZerothOrder
 
 __all__ = [
+    "ActivityPerturbedForwardGradient",
     "Backprop",
     "Cost",
     "DirectFeedbackAlignment",
