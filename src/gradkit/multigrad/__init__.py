@@ -22,6 +22,7 @@ from gradkit.multigrad.aggregators import (
     UPGrad,
     gramian,
 )
+from gradkit.multigrad.per_class import PerClassNormalized, per_class_backward, per_class_losses
 
 __all__ = [
     "MGDA",
@@ -32,6 +33,7 @@ __all__ = [
     "Mean",
     "MultiGradInfo",
     "PCGrad",
+    "PerClassNormalized",
     "Sum",
     "UPGrad",
     "aggregate_into_grad",
@@ -39,5 +41,7 @@ __all__ = [
     "gramian",
     "jacobian",
     "jacobian_bytes",
+    "per_class_backward",
+    "per_class_losses",
     "per_example_jacobian",
 ]
