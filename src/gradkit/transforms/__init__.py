@@ -14,6 +14,7 @@ from gradkit.transforms.decay import (
 )
 from gradkit.transforms.finite import NonFiniteGradientError, RejectNonFinite
 from gradkit.transforms.moments import Momentum, ScaleByAdam
+from gradkit.transforms.orthogonal_gradient import OrthogonalGradient
 from gradkit.transforms.scaling import Scale, ScaleByLearningRate, Sign
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "DecoupledWeightDecay",
     "Momentum",
     "NonFiniteGradientError",
+    "OrthogonalGradient",
     "RejectNonFinite",
     "Scale",
     "ScaleByAdam",
