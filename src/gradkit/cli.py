@@ -101,6 +101,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated registered optimizers (see `gradkit list`); default: "
         f"{','.join(DEFAULT_OPTIMIZERS)}, those registered in this gradkit",
     )
+    g.add_argument(
+        "--source",
+        "--sources",
+        dest="sources",
+        type=_csv,
+        default=None,
+        help="comma-separated gradient sources, each an arm with every optimizer: backprop, "
+        "forward[:K], forward_local, zeroth_order[:K], dfa, forward_forward, noprop (K random "
+        "directions, default 1); the report adds passes per step. Default: backprop only, as "
+        "before. A source that cannot run on a task is refused before training "
+        "(see docs/compare.md)",
+    )
+    g.add_argument(
+        "--aggregator",
+        "--aggregators",
+        dest="aggregators",
+        type=_csv,
+        default=None,
+        help="comma-separated multi-task aggregators for multi-task tasks (mnist1d-multitask): "
+        "sum, mean, pcgrad, mgda, upgrad, gradnorm (default: sum)",
+    )
     g.add_argument("--list-tasks", action="store_true", help="list the training tasks and exit")
     g.add_argument(
         "--plugin",
@@ -386,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             worker=args.worker,
             argv=argv,
             progress_every=args.progress_every,
+            sources=args.sources,
+            aggregators=args.aggregators,
         )
         run_compare(config)
     except UsageError as exc:

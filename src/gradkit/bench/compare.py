@@ -29,6 +29,7 @@ from gradkit.bench.execution.study import run_study
 from gradkit.bench.progress import CompareProgress, format_duration
 from gradkit.bench.protocol.optimizers import DEFAULT_OPTIMIZERS, OptimizerSpec, resolve_optimizers
 from gradkit.bench.protocol.plan import SAMPLERS, SEARCHABLE, StudyPlan, study_name
+from gradkit.bench.protocol.sources import parse_aggregators, parse_sources
 from gradkit.bench.tasks import Task, list_tasks
 from gradkit.bench.tasks.registry import DEFAULT_TASKS
 from gradkit.bench.tasks.testfunctions import TEST_FUNCTIONS
@@ -91,6 +92,8 @@ class CompareConfig:
     argv: list[str] = field(default_factory=list)
     progress_every: float = 30.0
     plain_progress: bool | None = None
+    sources: list[str] | None = None
+    aggregators: list[str] | None = None
 
 
 def usable_cores() -> int:
@@ -278,14 +281,31 @@ def _check_budget(config: CompareConfig) -> None:
         raise UsageError("--stale-after must be larger than --heartbeat, and both positive")
 
 
+def is_multitask(task: Task, device: torch.device | None = None) -> bool:
+    """True if the task's data has several losses (``task_losses``): a multi-task task, whose
+    arms take a :mod:`gradkit.multigrad` aggregator."""
+    data = task.load_data(device or torch.device("cpu"))
+    return callable(getattr(data, "task_losses", None))
+
+
+def _arms(config: CompareConfig, task: Task, device: torch.device) -> list[tuple[Any, Any]]:
+    """The (source, aggregator) pairs of a task: ``--source`` (default: none named, plain
+    backprop) times ``--aggregator`` for a multi-task task (default: sum)."""
+    sources = parse_sources(config.sources) if config.sources else [None]
+    aggregators: list[str | None] = [None]
+    if is_multitask(task, device):
+        aggregators = list(parse_aggregators(config.aggregators or ["sum"]))
+    return [(s, a) for s in sources for a in aggregators]
+
+
 def make_plans(
     config: CompareConfig,
     tasks: list[Task],
     specs: list[OptimizerSpec],
     device: torch.device | None = None,
 ) -> list[StudyPlan]:
-    """One study plan per (task, optimizer), task defaults filled in; the task's fingerprint is
-    computed once per task, on ``device`` (default: cpu)."""
+    """One study plan per (task, optimizer, source, aggregator) arm, task defaults filled in;
+    the task's fingerprint is computed once per task, on ``device`` (default: cpu)."""
     from gradkit.bench.tasks.fingerprint import task_fingerprint
 
     device = device or torch.device("cpu")
@@ -294,7 +314,9 @@ def make_plans(
         fingerprint = task_fingerprint(task, device)
         steps = config.steps or task.steps
         eval_every = min(config.eval_every or task.eval_every, steps)
-        for spec in specs:
+        for spec, (source, aggregator) in (
+            (spec, arm) for spec in specs for arm in _arms(config, task, device)
+        ):
             plans.append(
                 StudyPlan(
                     task=task,
@@ -313,9 +335,46 @@ def make_plans(
                     diagnose_every=config.diagnose_every,
                     task_fingerprint=fingerprint,
                     device_kind=device.type,
+                    source=source,
+                    aggregator=aggregator,
                 )
             )
     return plans
+
+
+def _check_arms(config: CompareConfig, tasks: list[Task], device: torch.device) -> None:
+    """Refuse, before any training, a source or aggregator that cannot run on a task: the
+    message names the task and the reason."""
+    from gradkit.bench.execution.arms import ArmError, check_arm
+
+    try:
+        sources = parse_sources(config.sources) if config.sources else []
+        aggregators = parse_aggregators(config.aggregators) if config.aggregators else []
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if config.diagnose and (
+        any(not s.is_backprop for s in sources) or any(is_multitask(t, device) for t in tasks)
+    ):
+        raise UsageError(
+            "--diagnose measures the Hessian of the task's loss under backprop; it does not "
+            "combine with --source other than backprop nor with multi-task tasks"
+        )
+    for task in tasks:
+        multi = is_multitask(task, device)
+        if aggregators and not multi:
+            raise UsageError(
+                f"--aggregator {','.join(aggregators)} cannot run on task {task.name}: it has "
+                "one loss (aggregators combine the gradients of a multi-task task's losses; "
+                "see --list-tasks)"
+            )
+        for source in sources:
+            for aggregator in aggregators or (["sum"] if multi else [None]):
+                try:
+                    check_arm(task, source=source, aggregator=aggregator, device=device)
+                except ArmError as exc:
+                    raise UsageError(
+                        f"--source {source.name} cannot run on task {task.name}: {exc}"
+                    ) from None
 
 
 def _kept_trials(storage: Any, plans: list[StudyPlan]) -> dict[str, int]:
@@ -330,7 +389,7 @@ def _kept_trials(storage: Any, plans: list[StudyPlan]) -> dict[str, int]:
             n = 0
         else:
             n = min(plan.n_trials, plan.grid_points_done(study.get_trials(deepcopy=False)))
-        kept[f"{plan.task.name}/{plan.spec.name}"] = n
+        kept[f"{plan.task.name}/{plan.arm}"] = n
     return kept
 
 
@@ -370,7 +429,7 @@ def _mismatch(storage: Any, plans: list[StudyPlan]) -> str:
     summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     lines: list[str] = []
     for plan in plans:
-        head = f"{plan.prefix}:{plan.task.name}:{plan.spec.name}:"
+        head = f"{plan.prefix}:{plan.task.name}:{plan.study_label}:"
         mine = plan.signature()
         for summ in summaries:
             if not summ.study_name.startswith(head):
@@ -388,7 +447,7 @@ def _mismatch(storage: Any, plans: list[StudyPlan]) -> str:
                     f"{_show(key, mine.get(key))} now"
                 )
             if diffs:
-                lines.append((f"{plan.task.name}/{plan.spec.name}", "; ".join(diffs)))
+                lines.append((f"{plan.task.name}/{plan.arm}", "; ".join(diffs)))
     grouped: dict[str, list[str]] = {}
     for who, what in lines:
         if who not in grouped.setdefault(what, []):
@@ -444,6 +503,7 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
     tasks, functions = _split_tasks(config.tasks)
     specs = _resolve_optimizers(config, log)
     device = resolve_device(config.device)
+    _check_arms(config, tasks, device)
     out_dir = check_out(config.out) if not config.worker else Path(config.out)
     default_db = out_dir / "studies.db"
     if config.storage is not None:
@@ -531,7 +591,7 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
             workers=workers,
         ) as prog:
             for plan in plans if config.run_trials else []:
-                label = f"{plan.task.name}/{plan.spec.name}"
+                label = f"{plan.task.name}/{plan.arm}"
                 on_event, finish = prog.study(label, plan.n_trials, len(plan.seeds), plan.steps)
 
                 def count(event: str, info: dict[str, Any], on_event=on_event) -> None:
@@ -567,7 +627,7 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
                 )
                 for plan in plans:
                     on_event, finish = prog.study(
-                        f"{plan.task.name}/{plan.spec.name}",
+                        f"{plan.task.name}/{plan.arm}",
                         plan.n_trials,
                         len(plan.seeds),
                         plan.steps,
@@ -675,7 +735,7 @@ def _calibrate(
     out: dict[str, str] = {}
     if config.calibration_rounds < 1:
         return out
-    specs = {(p.task.name, p.spec.name): p for p in plans}
+    specs = {(p.task.name, p.arm): p for p in plans}
     for name, results in by_task.items():
         entries = []
         for res in results:
@@ -685,7 +745,7 @@ def _calibrate(
                     k: tuple(v) if isinstance(v, list) else v
                     for k, v in res.best.hyperparams.items()
                 }
-                entries.append((res.optimizer, plan.spec, hp))
+                entries.append((res.optimizer, plan.spec, hp, plan.source, plan.aggregator))
         if not entries:
             continue
         plan0 = specs[(name, results[0].optimizer)]

@@ -96,6 +96,8 @@ def run_study(
                     batch_size=plan.batch_size,
                     eval_every=plan.eval_every,
                     on_step=on_step,
+                    source=plan.source,
+                    aggregator=plan.aggregator,
                     callbacks=(
                         make_callbacks(plan.diagnose, plan.diagnose_interval())
                         if plan.diagnose and k == 0

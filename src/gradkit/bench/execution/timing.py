@@ -8,7 +8,8 @@ interleaved: ``rounds`` rounds, in each of which every optimizer (in a rotated o
 ``steps`` timed training steps (zero_grad, forward, backward, optimizer step, and the device
 synchronised) after ``warmup`` untimed ones in the first round. An optimizer's per-step time
 is the median over the rounds of its mean step time in that round; load that comes and goes
-hits all optimizers alike.
+hits all optimizers alike. An entry with a gradient source or a multi-task aggregator times its
+arm's step (:mod:`gradkit.bench.execution.arms`) in place of ``loss.backward()``.
 """
 
 from __future__ import annotations
@@ -55,12 +56,19 @@ def _sync(device: torch.device) -> None:
 
 
 def _step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Any, batch: Any, closure: bool
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: Any,
+    batch: Any,
+    closure: bool,
+    arm: Any = None,
 ) -> None:
     if closure:
 
         def fn() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
+            if arm is not None:
+                return arm.compute(batch)
             loss = data.loss(model, batch)
             loss.backward()
             return loss
@@ -68,13 +76,16 @@ def _step(
         optimizer.step(fn)
     else:
         optimizer.zero_grad(set_to_none=True)
-        data.loss(model, batch).backward()
+        if arm is not None:
+            arm.compute(batch)
+        else:
+            data.loss(model, batch).backward()
         optimizer.step()
 
 
 def calibrate_step_times(
     task: Task,
-    entries: Sequence[tuple[str, OptimizerSpec, dict[str, Any]]],
+    entries: Sequence[tuple[Any, ...]],
     device: torch.device,
     *,
     batch_size: int | None = None,
@@ -82,20 +93,31 @@ def calibrate_step_times(
     steps: int = 10,
     warmup: int = 3,
 ) -> Calibration:
-    """Seconds per training step of each ``(label, spec, hyperparams)`` entry, measured
-    interleaved (see the module docstring)."""
+    """Seconds per training step of each ``(label, spec, hyperparams)`` entry (optionally
+    ``(label, spec, hyperparams, source, aggregator)``), measured interleaved (see the module
+    docstring)."""
     if rounds < 1 or steps < 1:
         raise ValueError(f"rounds and steps must be >= 1, got {rounds}, {steps}")
     batch_size = batch_size or task.batch_size
     data = task.load_data(device)
-    runners: list[tuple[str, OptimizerSpec, torch.nn.Module, torch.optim.Optimizer]] = []
+    runners: list[tuple[str, OptimizerSpec, torch.nn.Module, torch.optim.Optimizer, Any]] = []
     failed: set[str] = set()
-    for label, spec, hp in entries:
+    for label, spec, hp, *rest in entries:
+        source, aggregator = (list(rest) + [None, None])[:2]
         torch.manual_seed(0)
         model = task.build_model().to(device)
-        model.train()
         try:
-            runners.append((label, spec, model, build_optimizer(model, spec, **hp)))
+            arm = None
+            if aggregator is not None or (source is not None and not source.is_backprop):
+                from gradkit.bench.execution.arms import build_arm
+
+                arm = build_arm(
+                    task, data, model, source=source, aggregator=aggregator, device=device
+                )
+                model = arm.scored
+            model.train()
+            trained = arm.trained if arm is not None else model
+            runners.append((label, spec, model, build_optimizer(trained, spec, **hp), arm))
         except Exception:  # noqa: BLE001 - reported as NaN
             failed.add(label)
     gen = torch.Generator().manual_seed(30_000)
@@ -103,17 +125,17 @@ def calibrate_step_times(
     times: dict[str, list[float]] = {label: [] for label, *_ in runners}
     for r in range(rounds):
         k = r % max(len(runners), 1)
-        for label, spec, model, opt in runners[k:] + runners[:k]:
+        for label, spec, model, opt, arm in runners[k:] + runners[:k]:
             if label in failed:
                 continue
             try:
                 if r == 0:
                     for i in range(warmup):
-                        _step(model, opt, data, batches[i], spec.needs_closure)
+                        _step(model, opt, data, batches[i], spec.needs_closure, arm)
                 _sync(device)
                 t0 = time.perf_counter()
                 for i in range(steps):
-                    _step(model, opt, data, batches[i], spec.needs_closure)
+                    _step(model, opt, data, batches[i], spec.needs_closure, arm)
                 _sync(device)
                 times[label].append((time.perf_counter() - t0) / steps)
             except Exception:  # noqa: BLE001 - reported as NaN

@@ -14,6 +14,7 @@ import torch
 
 from gradkit.bench.execution.diagnose import StepInfo, TrainCallback
 from gradkit.bench.protocol.optimizers import OptimizerSpec, build_optimizer
+from gradkit.bench.protocol.sources import SourceChoice
 from gradkit.bench.tasks.interface import Task
 
 __all__ = ["RunResult", "lr_multiplier", "train_run"]
@@ -27,7 +28,11 @@ class RunResult:
     time excluded), ``train_loss[i]`` (mean training loss since the previous point) and
     ``val[i]`` (validation metric). ``diagnostics`` maps each training-loop callback's name to
     its records (JSON-serialisable dicts, see :mod:`gradkit.bench.execution.diagnose`); empty when the
-    run had no callback.
+    run had no callback. ``passes`` counts the passes over the model that computed the
+    gradients during the run (``forward``, ``backward``, ``jvp``; for backprop one forward and
+    one backward per loss evaluation), and under ``steps`` the optimizer steps taken.
+    ``task_metrics``: the final validation metric of each task of a multi-task task
+    (empty otherwise).
     """
 
     seed: int
@@ -46,6 +51,8 @@ class RunResult:
     optimizer_state_bytes: int = 0
     diverged: bool = False
     diagnostics: dict[str, list[Any]] = field(default_factory=dict)
+    passes: dict[str, int] = field(default_factory=dict)
+    task_metrics: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (non-finite final/best values as ``None``)."""
@@ -161,6 +168,8 @@ def train_run(
     on_step: Callable[[int], None] | None = None,
     callbacks: Sequence[TrainCallback] | None = None,
     diagnostic_batch_size: int | None = None,
+    source: SourceChoice | None = None,
+    aggregator: str | None = None,
 ) -> RunResult:
     """Train ``task``'s model with ``spec`` for ``steps`` steps from ``seed``.
 
@@ -174,13 +183,28 @@ def train_run(
     step-time share. Their fixed batch (``diagnostic_batch_size`` examples, default
     ``batch_size``) is drawn from its own generator, so training is the same with or without
     callbacks. ``on_step(step)`` is called after the callbacks.
+
+    ``source`` (a gradient source other than backprop) or ``aggregator`` (a multi-task task's
+    aggregator) replace ``loss.backward()`` by the step of
+    :func:`gradkit.bench.execution.arms.build_arm`; without them the step is exactly the
+    backprop step above.
     """
     batch_size = batch_size or task.batch_size
     eval_every = max(1, min(eval_every or task.eval_every, steps))
     data = task.load_data(device)
     torch.manual_seed(seed)
     model = task.build_model().to(device)
-    optimizer = build_optimizer(model, spec, **hyperparams)
+    arm = None
+    if aggregator is not None or (source is not None and not source.is_backprop):
+        from gradkit.bench.execution.arms import build_arm
+
+        arm = build_arm(
+            task, data, model, source=source, aggregator=aggregator, seed=seed, device=device
+        )
+        model = arm.scored
+    optimizer = build_optimizer(arm.trained if arm else model, spec, **hyperparams)
+    evaluations = 0  # loss evaluations of the backprop step (closure calls included)
+    steps_run = 0
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     gen = torch.Generator().manual_seed(10_000 + seed)
     result = RunResult(seed=seed)
@@ -205,7 +229,11 @@ def train_run(
         if spec.needs_closure:
 
             def closure(batch=batch):
+                nonlocal evaluations
                 optimizer.zero_grad(set_to_none=True)
+                if arm is not None:
+                    return arm.compute(batch)
+                evaluations += 1
                 loss = data.loss(model, batch)
                 loss.backward()
                 return loss
@@ -214,8 +242,15 @@ def train_run(
             loss = optimizer.step(closure)
             if loss is None:
                 raise RuntimeError(f"{spec.name}.step(closure) returned None; expected the loss")
+        elif arm is not None:
+            optimizer.zero_grad(set_to_none=True)
+            loss = arm.compute(batch)
+            _sync(device)
+            t1 = time.perf_counter()
+            optimizer.step()
         else:
             optimizer.zero_grad(set_to_none=True)
+            evaluations += 1
             loss = data.loss(model, batch)
             loss.backward()
             _sync(device)
@@ -225,6 +260,7 @@ def train_run(
         t2 = time.perf_counter()
         train_time += t2 - t0
         step_time += t2 - t1
+        steps_run += 1
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             result.diverged = True
@@ -253,6 +289,14 @@ def train_run(
 
     if cbs:
         result.diagnostics = run_callbacks.records()
+    result.passes = (
+        arm.passes() if arm is not None else {"forward": evaluations, "backward": evaluations}
+    )
+    result.passes["steps"] = steps_run
+    if not result.diverged and callable(getattr(data, "evaluate_tasks", None)):
+        model.eval()
+        result.task_metrics = {k: float(v) for k, v in data.evaluate_tasks(model).items()}
+        model.train()
     result.train_time = train_time
     result.step_time_share = step_time / train_time if train_time > 0 else 0.0
     result.optimizer_state_bytes = _state_bytes(optimizer)

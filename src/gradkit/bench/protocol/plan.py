@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import gradkit
 from gradkit.bench.protocol.grid import grid_index, log_grid
 from gradkit.bench.protocol.optimizers import OptimizerSpec, scaled_hyperparams, search_centre
+from gradkit.bench.protocol.sources import SourceChoice
 from gradkit.bench.tasks.interface import Task
 
 if TYPE_CHECKING:
@@ -94,12 +95,36 @@ class StudyPlan:
     task_fingerprint: str | None = None
     gradkit_version: str = gradkit.__version__
     device_kind: str = "cpu"
+    source: SourceChoice | None = None
+    aggregator: str | None = None
 
     def __post_init__(self) -> None:
         if self.task_fingerprint is None:
             from gradkit.bench.tasks.fingerprint import task_fingerprint
 
             self.task_fingerprint = task_fingerprint(self.task, self.device_kind)
+
+    @property
+    def arm(self) -> str:
+        """The arm's label in the report: the optimizer, then ``+source`` when the comparison
+        names sources (``adamw+backprop``, ``adamw+forward:4``), then ``+aggregator``."""
+        label = self.spec.name
+        if self.source is not None:
+            label += f"+{self.source.name}"
+        if self.aggregator is not None:
+            label += f"+{self.aggregator}"
+        return label
+
+    @property
+    def study_label(self) -> str:
+        """The arm's part of the study name: :attr:`arm` without ``+backprop`` (backprop
+        studies keep the names they had before sources were a dimension)."""
+        label = self.spec.name
+        if self.source is not None and not self.source.is_backprop:
+            label += f"+{self.source.name}"
+        if self.aggregator is not None:
+            label += f"+{self.aggregator}"
+        return label
 
     def lr_grid(self) -> list[float] | None:
         """The learning rates the grid sampler searches with ``n_trials`` trials (sorted), or
@@ -174,13 +199,18 @@ class StudyPlan:
         if self.diagnose:
             sig["diagnose"] = sorted(set(self.diagnose))
             sig["diagnose_every"] = self.diagnose_interval()
+        if self.source is not None and not self.source.is_backprop:
+            sig["source"] = self.source.name
+        if self.aggregator is not None:
+            sig["aggregator"] = self.aggregator
         return sig
 
 
 def study_name(plan: StudyPlan) -> str:
-    """``prefix:task:optimizer:hash`` where the hash covers :meth:`StudyPlan.signature`."""
+    """``prefix:task:arm:hash`` where the hash covers :meth:`StudyPlan.signature` and ``arm``
+    is :attr:`StudyPlan.study_label` (the optimizer's name for a backprop arm)."""
     digest = hashlib.sha1(json.dumps(plan.signature(), sort_keys=True).encode()).hexdigest()[:8]
-    return f"{plan.prefix}:{plan.task.name}:{plan.spec.name}:{digest}"
+    return f"{plan.prefix}:{plan.task.name}:{plan.study_label}:{digest}"
 
 
 def make_sampler(plan: StudyPlan) -> optuna.samplers.BaseSampler:

@@ -213,8 +213,15 @@ def summary_table(results: list[OptimizerResult]) -> list[list[str]]:
         "peak memory (MiB)",
         "trials x seeds",
     ]
-    rows = [header]
     ranking = rank(results)
+    # arms with a gradient source or an aggregator: their cost in passes, and each task's metric
+    arms = any(r.source is not None or r.aggregator is not None for r in results)
+    tasks = list(dict.fromkeys(k for s in ranking for k in s.get("task_metrics") or {}))
+    extra = [f"final {t} (mean ± 95% CI)" for t in tasks]
+    if arms:
+        extra.append("passes per step (fwd / bwd / jvp)")
+    header[3:3] = extra
+    rows = [header]
     ties = any(s.get("vs_best", {}).get("verdict") == "tied" for s in ranking)
     for s in ranking:
         place = str(s["rank"]) if s["rank"] is not None else "-"
@@ -237,6 +244,19 @@ def summary_table(results: list[OptimizerResult]) -> list[list[str]]:
                 _fmt(vs["p_holm"], ".2g"),
                 _GROUP[vs["verdict"]],
             ]
+        extra = [
+            f"{_fmt(s['task_metrics'][t][0])} ± {_fmt(s['task_metrics'][t][1], '.2g')}"
+            if t in s.get("task_metrics", {})
+            else "-"
+            for t in tasks
+        ]
+        if arms:
+            pps = s.get("passes_per_step") or {}
+            extra.append(
+                " / ".join(_fmt(pps[k], ".3g") for k in ("forward", "backward", "jvp"))
+                if pps
+                else "-"
+            )
         lr = _fmt(s["lr"], ".3g")
         if s["edge"] in ("low", "high", "single"):
             lr += " (UNDER-TUNED: edge of range)" if s["edge"] != "single" else " (one lr only)"
@@ -245,6 +265,7 @@ def summary_table(results: list[OptimizerResult]) -> list[list[str]]:
                 place,
                 s["optimizer"],
                 f"{_fmt(s['final_mean'])} ± {_fmt(s['final_ci'], '.2g')}",
+                *extra,
                 *vs_cells,
                 f"{_fmt(s['best_mean'])} ± {_fmt(s['best_ci'], '.2g')}",
                 lr,

@@ -46,6 +46,9 @@ class OptimizerResult:
         lr_factors: the same interval relative to the optimizer's default lr (``--lr-range``).
         step_time: seconds per training step from the calibration pass (see
             :mod:`gradkit.bench.execution.timing`), or None when not calibrated.
+        source: the gradient source of the arm when the comparison names sources (``None``:
+            backprop, not named); ``optimizer`` is then the arm's label (``adamw+dfa``).
+        aggregator: the multi-task aggregator of the arm, or None.
     """
 
     task: Task
@@ -57,6 +60,8 @@ class OptimizerResult:
     lr_range: tuple[float, float] = (math.nan, math.nan)
     lr_factors: tuple[float, float] = (math.nan, math.nan)
     step_time: float | None = None
+    source: str | None = None
+    aggregator: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -162,7 +167,35 @@ class OptimizerResult:
             "peak_memory_kind": runs[0].peak_memory_kind,
             "optimizer_state_bytes": max(r.optimizer_state_bytes for r in runs),
             "diverged": sum(r.diverged for r in runs),
+            "source": self.source,
+            "aggregator": self.aggregator,
+            "passes_per_step": _passes_per_step(runs),
+            "task_metrics": _task_metrics(runs),
         }
+
+
+def _passes_per_step(runs: list[RunResult]) -> dict[str, float]:
+    """Forward/backward/JVP passes per optimizer step over the runs (runs stored before passes
+    were counted are left out; empty when none counted them)."""
+    totals: dict[str, float] = {"forward": 0.0, "backward": 0.0, "jvp": 0.0}
+    steps = 0
+    for r in runs:
+        if not r.passes.get("steps"):
+            continue
+        steps += r.passes["steps"]
+        for k in totals:
+            totals[k] += r.passes.get(k, 0)
+    return {k: v / steps for k, v in totals.items()} if steps else {}
+
+
+def _task_metrics(runs: list[RunResult]) -> dict[str, tuple[float, float]]:
+    """Mean and 95% CI over the runs of each task's final metric (multi-task tasks)."""
+    names = [k for k in (runs[0].task_metrics if runs else {})]
+    out = {}
+    for name in names:
+        values = [r.task_metrics[name] for r in runs if name in r.task_metrics]
+        out[name] = mean_ci(values)
+    return out
 
 
 def _trial_result(t: Any) -> TrialResult:
@@ -183,7 +216,9 @@ def load_result(storage: Any, plan: StudyPlan) -> OptimizerResult:
     name = study_name(plan)
     out = OptimizerResult(
         task=plan.task,
-        optimizer=plan.spec.name,
+        optimizer=plan.arm,
+        source=plan.source.name if plan.source is not None else None,
+        aggregator=plan.aggregator,
         study_name=name,
         planned=plan.n_trials,
         lr_range=plan.lr_range(),

@@ -59,6 +59,12 @@ class ClassificationData:
         idx = idx.to(self.x_train.device)
         return self.x_train[idx], self.y_train[idx]
 
+    @staticmethod
+    def loss_fn(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the model's output: what a gradient source differentiates
+        (``gradkit compare --source``; batches are ``(inputs, targets)``)."""
+        return F.cross_entropy(output, targets)
+
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         x, y = batch
         return F.cross_entropy(model(x), y)

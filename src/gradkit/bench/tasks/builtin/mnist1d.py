@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from gradkit.bench.tasks.classification import classification_task
 from gradkit.bench.tasks.interface import Task
+from gradkit.bench.tasks.multitask import MultiHeadNet, multitask_classification_task
 from gradkit.data.mnist1d import REFERENCE_ACCURACY, load_mnist1d
 
 REFERENCES = {
@@ -91,4 +93,41 @@ MNIST1D_CNN = _mnist1d_task(
     model="3-layer 1-D CNN",
     target=REFERENCE_ACCURACY["cnn"],
     steps=1000,
+)
+
+
+def peak_quarter(x: torch.Tensor) -> torch.Tensor:
+    """The second label of ``mnist1d-multitask``, derived deterministically from the generated
+    signal (the ``mnist1d`` generator provides only the digit): which quarter of the 40
+    positions holds the signal's largest value, ``argmax(x) * 4 // 40`` (4 classes; 30/23/22/24%
+    of the training set, 32/21/22/25% of the test set)."""
+    return x.argmax(dim=-1) * 4 // x.shape[-1]
+
+
+def _multitask_data():
+    x, y, xt, yt = load_mnist1d()
+    return x, [y, peak_quarter(x)], xt, [yt, peak_quarter(xt)]
+
+
+def mnist1d_multitask_net(hidden: int = 256) -> MultiHeadNet:
+    """Trunk 40 -> 256 -> 256 (ReLU), shared; heads: digit (10 classes), peak quarter (4)."""
+    trunk = nn.Sequential(nn.Linear(40, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+    return MultiHeadNet(trunk, [nn.Linear(hidden, 10), nn.Linear(hidden, 4)])
+
+
+MNIST1D_MULTITASK = multitask_classification_task(
+    "mnist1d-multitask",
+    mnist1d_multitask_net,
+    _multitask_data,
+    tasks=("digit", "peak quarter"),
+    target=0.75,
+    description="MNIST-1D (generated, 4000 train / 1000 test), two tasks on a shared MLP trunk "
+    "40-256-256: the digit (10 classes) and the quarter of the signal holding its largest value "
+    "(4 classes, derived from the signal); metric: mean of the two accuracies",
+    steps=1200,
+    batch_size=100,
+    eval_every=100,
+    trials=4,
+    seeds=3,
+    lr_factors=(0.1, 10.0),
 )
