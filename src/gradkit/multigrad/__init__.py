@@ -22,12 +22,18 @@ from gradkit.multigrad.aggregators import (
     UPGrad,
     gramian,
 )
+from gradkit.multigrad.disruption_mask import (
+    DisruptionMask,
+    disruption_mask_backward,
+    disruption_masked_update,
+)
 from gradkit.multigrad.per_class import PerClassNormalized, per_class_backward, per_class_losses
 
 __all__ = [
     "MGDA",
     "Aggregator",
     "Bloop",
+    "DisruptionMask",
     "GradNorm",
     "GramianAggregator",
     "Mean",
@@ -38,6 +44,8 @@ __all__ = [
     "UPGrad",
     "aggregate_into_grad",
     "backward",
+    "disruption_mask_backward",
+    "disruption_masked_update",
     "gramian",
     "jacobian",
     "jacobian_bytes",
