@@ -27,6 +27,7 @@ from gradkit.multigrad.disruption_mask import (
     disruption_mask_backward,
     disruption_masked_update,
 )
+from gradkit.multigrad.fish import Fish, fish_backward, fish_inner_loop
 from gradkit.multigrad.per_class import PerClassNormalized, per_class_backward, per_class_losses
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "Aggregator",
     "Bloop",
     "DisruptionMask",
+    "Fish",
     "GradNorm",
     "GramianAggregator",
     "Mean",
@@ -46,6 +48,8 @@ __all__ = [
     "backward",
     "disruption_mask_backward",
     "disruption_masked_update",
+    "fish_backward",
+    "fish_inner_loop",
     "gramian",
     "jacobian",
     "jacobian_bytes",
