@@ -561,7 +561,13 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
     if tasks:
         budget = "; ".join(
             f"{t.name}: {config.trials or t.trials} trials x {config.seeds or t.seeds} seeds x "
-            f"{config.steps or t.steps} steps per optimizer"
+            f"{config.steps or t.steps} steps per "
+            + (
+                f"arm ({sum(p.task is t for p in plans)} arms: "
+                f"{', '.join(p.arm for p in plans if p.task is t)})"
+                if any(p.source is not None or p.aggregator is not None for p in plans)
+                else "optimizer"
+            )
             for t in tasks
         )
         log(
