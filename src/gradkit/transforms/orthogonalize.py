@@ -230,8 +230,12 @@ def orthogonalize(
 
     Tensors whose matrix views share a shape (after transposing tall ones) on the same device are
     stacked and run through one batched iteration. Returns new tensors with the inputs' shapes
-    and dtypes. ``fused`` (default: True on CUDA) compiles the iteration, keeping the compiled
-    functions in ``cache`` (see :func:`newton_schulz`); ``compile_loop`` is its deprecated name.
+    and dtypes. ``fused=True`` compiles the iteration, keeping the compiled functions in
+    ``cache`` (see :func:`newton_schulz`); the default ``None`` compiles on CUDA when a ``cache``
+    is given and runs eagerly otherwise, since without a cache every call would compile again
+    (measured on an H200: 283 ms per call for GPT-2 small's 48 matrices, against 3.5 ms for
+    the eager iteration, whose matrix products the compiler cannot speed up).
+    ``compile_loop`` is the deprecated name of ``fused``.
     """
     fused = _deprecated_compile_flag(fused, compile_loop, "compile_loop")
     out: list[Tensor | None] = [None] * len(updates)
@@ -244,7 +248,7 @@ def orthogonalize(
         mats.append(m)
         buckets[(tuple(m.shape), m.device, m.dtype)].append(i)
     for (_, device, _), idx in buckets.items():
-        compile_now = device.type == "cuda" if fused is None else bool(fused)
+        compile_now = (cache is not None and device.type == "cuda") if fused is None else fused
         stacked = (
             mats[idx[0]].unsqueeze(0) if len(idx) == 1 else torch.stack([mats[i] for i in idx])
         )
