@@ -24,28 +24,39 @@ STEP_LIMIT=${STEP_LIMIT:-270}
 MUON_LIMIT=${MUON_LIMIT:-90}
 PRECOND_LIMIT=${PRECOND_LIMIT:-80}
 TEST_LIMIT=${TEST_LIMIT:-90}
+PARTS=${PARTS:-1,2,3,4}  # which parts to run, e.g. PARTS=1,5
+part() { [[ ",$PARTS," == *",$1,"* ]]; }
 
 echo "== machine"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 date -u
 
+part 1 && {
 echo "== 1. step time (benchmarks/step_time.py)"
+STEP_OPTIMIZERS=${STEP_OPTIMIZERS:-adamw,sgd,adamp,novograd,sgdp,mars,stable_spam,ranger21,lion,adam,amsgrad,madgrad,diffgrad,ademamix}
 (cd benchmarks && timeout "$STEP_LIMIT" python3 step_time.py --iters 50 \
-    --optimizers adamw,sgd,adamp,novograd,sgdp,mars,stable_spam,ranger21,lion,adam,amsgrad,madgrad,diffgrad,ademamix \
+    --optimizers "$STEP_OPTIMIZERS" --exclude "${STEP_EXCLUDE:-}" \
     --jsonl "$OUT/step_time.jsonl" --json "$OUT/step_time.json") 2>&1 | grep -v '^{' \
     || echo "(step_time stopped: rows so far are in step_time.jsonl)"
+}
 
+part 2 && {
 echo "== 2. Muon step (benchmarks/muon_step.py)"
 (cd benchmarks && timeout "$MUON_LIMIT" python3 muon_step.py --iters 30 --json "$OUT/muon_step.json") 2>&1 \
     || echo "(muon_step stopped)"
+}
 
+part 3 && {
 echo "== 3. preconditioner step (benchmarks/preconditioner_step.py --device cuda)"
 (cd benchmarks && timeout "$PRECOND_LIMIT" python3 preconditioner_step.py --device cuda --rounds 3 --steps 10) 2>&1 \
     || echo "(preconditioner_step stopped)"
+}
 
+part 4 && {
 echo "== 4. CUDA tests"
 timeout "$TEST_LIMIT" python3 -m pytest -q -p no:cacheprovider -o addopts="" \
     tests/core/test_fast_path.py tests/core/test_equivalence.py -k "cuda or device" 2>&1 | tail -15 \
     || echo "(tests stopped)"
+}
 date -u

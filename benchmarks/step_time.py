@@ -269,6 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", default=None, help="write the rows here")
     ap.add_argument("--jsonl", default=None, help="append each row here as soon as it is measured")
     ap.add_argument("--iters", type=int, default=None)
+    ap.add_argument(
+        "--exclude", default="", help="comma-separated substrings: skip library rows naming one"
+    )
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -324,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
             emit(row)
         for label, make in libs.items():
             if "fused" in label and not cuda:
+                continue
+            if any(x and x in label for x in args.exclude.split(",")):
                 continue
             row = bench_one(
                 label, lambda ps, m=make, h=hp: m(ps, dict(h)), shapes, device, warmup, iters,
