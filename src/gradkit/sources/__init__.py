@@ -12,11 +12,15 @@ counts its cost (:class:`Cost`); any gradkit or ``torch.optim`` optimizer then s
 - :class:`ActivityPerturbedForwardGradient`: forward gradients with random directions in
   activation space, the weight gradient formed locally (Ren et al. 2022).
 - :class:`ZerothOrder`: two-point randomized smoothing (Lin, Zheng, Jordan 2022).
+- :class:`CounterCurrent`: a forward network on inputs and a feedback network on targets,
+  paired layer-wise local losses (Kao, Hariharan 2024).
 - :class:`DirectFeedbackAlignment`: fixed random feedback from the output error (Nøkland 2016).
 - :class:`ForwardForward`: layer-local goodness objectives on positive/negative data (Hinton 2022).
 - :class:`NoProp`: independently trained denoising blocks, discrete time (Li, Teh, Pascanu 2025).
 - :class:`GeneticAlgorithm`: truncation-selection GA with seed-chain genomes (Such et al. 2017);
   a loop with ``step(loss_fn)``, not a ``.grad`` source.
+- :func:`perturbed_render`: stochastic gradients through a non-differentiable renderer-like
+  function, accumulated per output over an ID map (Deliot, Heitz, Belcour 2024).
 - :func:`straight_through`, :func:`reinmax`, :func:`straight_through_sign`,
   :func:`reste_sign`: surrogate gradients through discrete units, as autograd functions.
 
@@ -42,6 +46,7 @@ True
 
 from gradkit.sources._base import Backprop, Cost, GradientSource, LossFn
 from gradkit.sources.activity_forward import ActivityPerturbedForwardGradient
+from gradkit.sources.counter_current import CounterCurrent, mirror_feedback
 from gradkit.sources.dfa import DirectFeedbackAlignment, dfa_blocks
 from gradkit.sources.discrete import reinmax, reste_sign, straight_through, straight_through_sign
 from gradkit.sources.forward import ForwardGradient
@@ -49,12 +54,14 @@ from gradkit.sources.forward_forward import ForwardForward
 from gradkit.sources.genetic import GeneticAlgorithm, Genome
 from gradkit.sources.local_guess import LocalGuessForwardGradient
 from gradkit.sources.noprop import NoProp, NoPropBlock, NoPropNet, cosine_alpha_bar
+from gradkit.sources.stochastic_render import perturbed_render, perturbed_render_vjp_samples
 from gradkit.sources.zeroth_order import ZerothOrder
 
 __all__ = [
     "ActivityPerturbedForwardGradient",
     "Backprop",
     "Cost",
+    "CounterCurrent",
     "DirectFeedbackAlignment",
     "ForwardForward",
     "ForwardGradient",
@@ -69,6 +76,9 @@ __all__ = [
     "ZerothOrder",
     "cosine_alpha_bar",
     "dfa_blocks",
+    "mirror_feedback",
+    "perturbed_render",
+    "perturbed_render_vjp_samples",
     "reinmax",
     "reste_sign",
     "straight_through",
