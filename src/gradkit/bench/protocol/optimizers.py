@@ -33,6 +33,30 @@ DEFAULT_OPTIMIZERS: tuple[str, ...] = ("adamw", "lion", "muon", "diffgrad", "ada
 #: AdamW-type updates train these models well from about 1e-3 to 5e-2, Lion (sign updates)
 #: 10x lower (its paper: 3-10x below AdamW's), Muon (orthogonalised updates, spectral scale)
 #: from about 5e-3 to 0.1. Optimizers not listed are centred on their default lr.
+#:
+#: Second-order and preconditioned optimizers (measured with ``gradkit compare``'s training loop
+#: on the MNIST-1D CNN, 300 steps, lr from 3e-4 to 0.1, and the char-LM, 200 steps, lr from
+#: 1e-3 to 3e-2; seed 0; see docs/second_order.md, "In gradkit compare"):
+#:
+#: - SOAP, Shampoo, TrAct: AdamW's centre. SOAP is Adam in Shampoo's eigenbasis, Shampoo grafts
+#:   Adam's layerwise step size and TrAct's base is AdamW, so their steps have Adam's scale.
+#:   Measured best: SOAP 3e-2 on both tasks, as AdamW; Shampoo 1e-2 to 3e-2 (CNN) and 1e-2
+#:   (char-LM); TrAct 3e-2 (CNN). Their own defaults (3e-3, 1e-3, 1e-3, as in heavyball and
+#:   pytorch-optimizer) are language-model settings for long runs.
+#: - PSGD Kron: 3x below SOAP and AdamW, the ratio of heavyball's and pytorch-optimizer's
+#:   defaults (PSGD Kron 1e-3, SOAP 3e-3). Measured best 1e-2 on both tasks, and it diverged at
+#:   3e-2 on both, where AdamW and SOAP were at their best.
+#: - K-FAC: 2e-2 (Muon's). Its heavy-ball momentum on the preconditioned direction, and its SGD
+#:   fallback for the layers it does not factor (the CNN's Conv1d, embeddings, norms), want a
+#:   larger lr than its default 1e-3 (chosen for 150 steps on the digits CNN): measured best 3e-2
+#:   on both tasks, 0.1 lost accuracy on the CNN.
+#: - M-FAC: its default 1e-2 (measured best 3e-2 on the CNN, 0.1 at chance).
+#: - Gradient-regularized Newton and saddle-free Newton: the paper's step ``lr = 1`` is for a
+#:   convex problem with ``L`` fitted to it. With compare's fixed defaults (``L = 1``, damping
+#:   1e-2) on minibatches of a non-convex network, ``lr = 1`` blew the loss up (gradient-
+#:   regularized, tiny MLP and CNN) or ended at chance (saddle-free, CNN); 1e-2 to 3e-2
+#:   (gradient-regularized) and 0.1 to 0.3 (saddle-free) trained. A fair test of these two needs
+#:   ``L`` / ``damping`` searched too, which ``--search`` does not offer.
 SEARCH_CENTRES: dict[str, float] = {
     "adamw": 8e-3,
     "adam": 8e-3,
@@ -40,6 +64,14 @@ SEARCH_CENTRES: dict[str, float] = {
     "diffgrad": 8e-3,
     "lion": 8e-4,
     "muon": 2e-2,
+    "soap": 8e-3,
+    "shampoo": 8e-3,
+    "tract": 8e-3,
+    "psgd_kron": 3e-3,
+    "kfac": 2e-2,
+    "mfac": 1e-2,
+    "grad_reg_newton": 3e-2,
+    "saddle_free_newton": 0.3,
 }
 
 
