@@ -213,11 +213,14 @@ def test_example_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFix
 
     script = Path(__file__).parents[2] / "examples" / "counter_current_mnist1d.py"
     argv = [str(script), "--steps", "2", "--batch", "8", "--every", "1"]
-    monkeypatch.setattr(sys, "argv", [*argv, "--sources", "backprop", "ccl", "ccl_example"])
+    monkeypatch.setattr(
+        sys, "argv", [*argv, "--sources", "backprop", "ccl", "ccl_example", "forward_activity"]
+    )
     threads = torch.get_num_threads()
     try:
         runpy.run_path(str(script), run_name="__main__")
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    assert "backprop" in out and "ccl " in out and "ccl_example" in out
+    for name in ("backprop", "ccl ", "ccl_example", "forward_activity"):
+        assert name in out
