@@ -352,6 +352,8 @@ def _check_arms(config: CompareConfig, tasks: list[Task], device: torch.device) 
         aggregators = parse_aggregators(config.aggregators) if config.aggregators else []
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if not sources and not aggregators and not config.diagnose:
+        return  # plain backprop (a multi-task task gets the sum aggregator, which always runs)
     if config.diagnose and (
         any(not s.is_backprop for s in sources) or any(is_multitask(t, device) for t in tasks)
     ):
@@ -672,6 +674,11 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
         "budget": "; ".join(
             f"{t.name}: {config.trials or t.trials} trials x {config.seeds or t.seeds} seeds x "
             f"{config.steps or t.steps} steps"
+            + (
+                f" per arm ({', '.join(p.arm for p in plans if p.task is t)})"
+                if any(p.source is not None or p.aggregator is not None for p in plans)
+                else ""
+            )
             for t in tasks
         ),
         "workers": f"{workers} process(es) x {torch.get_num_threads()} thread(s)",
