@@ -30,7 +30,9 @@ finished trials are kept, interrupted ones are redone. Raising --trials extends 
 The report folder gets index.html, summary.md (ranking table), results.json and PNG figures:
 loss curves with seed bands, learning-rate sensitivity, time to target, test-function
 trajectories. --diagnose sharpness adds the top Hessian eigenvalue against 2/lr during training
-(seed 0 of every trial).
+(seed 0 of every trial). --source makes the gradient source a dimension (every optimizer with
+every source; the report adds passes per step); --aggregator does the same with multi-task
+aggregators on multi-task tasks.
 """
 
 _COMPARE_EPILOG = """\
@@ -39,6 +41,8 @@ examples:
   gradkit compare --task mnist1d-mlp,stdlib-charlm --optimizers adamw,lion --trials 6 --seeds 3
   gradkit compare --storage postgresql+psycopg2://user:pw@db-host/gradkit --no-report   # a worker
   gradkit compare --task mnist1d-cnn -o adamw,lion --diagnose sharpness --diagnose-every 50
+  gradkit compare --task mnist1d-mlp -o adamw --source backprop,forward:8,dfa,noprop
+  gradkit compare --task mnist1d-multitask -o adamw --aggregator sum,pcgrad,upgrad
   gradkit compare --list-tasks
 """
 

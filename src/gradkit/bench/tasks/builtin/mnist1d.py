@@ -121,9 +121,8 @@ MNIST1D_MULTITASK = multitask_classification_task(
     _multitask_data,
     tasks=("digit", "peak quarter"),
     target=0.75,
-    description="MNIST-1D (generated, 4000 train / 1000 test), two tasks on a shared MLP trunk "
-    "40-256-256: the digit (10 classes) and the quarter of the signal holding its largest value "
-    "(4 classes, derived from the signal); metric: mean of the two accuracies",
+    description="MNIST-1D (generated, 4000 train / 1000 test), MLP trunk 40-256-256, heads: "
+    "digit (10) and peak quarter (4, derived from the signal)",
     steps=1200,
     batch_size=100,
     eval_every=100,
