@@ -138,6 +138,8 @@ def _compare(out, *extra):
 def test_compare_with_sources_reports_passes_and_resumes(tmp_path, capsys):
     out = tmp_path / "r"
     assert _compare(out) == 0  # an old study, run before sources were named
+    plain = (out / "summary.md").read_text()
+    assert "passes per step" not in plain and "| adamw |" in plain  # the default report as before
     assert _compare(out, "--source", "backprop,forward:2") == 0
     res = json.loads((out / "results.json").read_text())
     # the backprop arm was kept from the first run; only the forward arm was trained
@@ -194,3 +196,25 @@ def test_compare_refuses_an_inapplicable_source_before_training(tmp_path, capsys
     assert not (out / "studies.db").exists()  # nothing was trained or stored
     assert _compare(tmp_path / "x", "--source", "sgd") == 2
     assert "unknown gradient source 'sgd'" in capsys.readouterr().err
+
+
+def test_closure_optimizers_recompute_the_source_at_every_call():
+    """SAM calls its closure twice per step; each call recomputes the source's estimate, and the
+    cost counts both (backprop's too: one forward and one backward per loss evaluation)."""
+    sam = resolve_optimizers(["sam"])[0][0]
+    assert sam.needs_closure
+    for source, passes in [
+        ("backprop", {"forward": 10, "backward": 10}),
+        ("forward:2", {"forward": 20, "backward": 0, "jvp": 20}),
+    ]:
+        r = train_run(
+            TINY_SEQ,
+            sam,
+            {"lr": 0.05},
+            0,
+            steps=5,
+            device=CPU,
+            eval_every=5,
+            source=parse_sources([source])[0],
+        )
+        assert r.passes == {**passes, "steps": 5}
