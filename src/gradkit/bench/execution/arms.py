@@ -60,10 +60,14 @@ def mlp_linears(model: nn.Module) -> list[nn.Linear] | None:
     all ``Linear``), or None when the model is not one."""
     if not isinstance(model, nn.Sequential):
         return None
-    from gradkit.sources.dfa import _flatten
+
+    def flat(module: nn.Module) -> list[nn.Module]:
+        if isinstance(module, nn.Sequential):
+            return [m for child in module for m in flat(child)]
+        return [module]
 
     linears = []
-    for m in _flatten(model):
+    for m in flat(model):
         if isinstance(m, nn.Linear):
             linears.append(m)
         elif any(True for _ in m.parameters(recurse=False)) or len(list(m.children())):
