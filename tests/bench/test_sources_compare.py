@@ -67,6 +67,9 @@ def test_source_changes_the_training_and_is_a_function_of_the_seed():
         ("forward_local", {"forward": 12, "backward": 4, "jvp": 8}),  # 3 blocks: 2 JVPs
         ("forward_forward", {"forward": 8, "backward": 4, "jvp": 0}),
         ("noprop", {"forward": 4, "backward": 4, "jvp": 0}),
+        # 3 linear blocks x 2 directions: 6 JVPs per step, plus the forward at the parameters
+        ("forward_activity:2", {"forward": 28, "backward": 0, "jvp": 24}),
+        ("counter_current", {"forward": 8, "backward": 4, "jvp": 0}),  # forward + feedback net
     ],
 )
 def test_model_specific_sources_run_with_their_own_cost(source, passes):
@@ -75,9 +78,35 @@ def test_model_specific_sources_run_with_their_own_cost(source, passes):
     assert 0.0 <= r.final_val <= 1.0
 
 
+def test_counter_current_arm_trains_the_feedback_network_too():
+    """The optimizer gets the feedback network's parameters (they have gradients and move),
+    and the task scores the forward network alone."""
+    from gradkit.bench.execution.arms import build_arm
+
+    data = TINY_SEQ.load_data(CPU)
+    model = TINY_SEQ.build_model()
+    arm = build_arm(TINY_SEQ, data, model, source=parse_sources(["ccl"])[0])
+    feedback = [p for p in arm.trained.parameters() if all(p is not q for q in model.parameters())]
+    assert feedback and arm.scored is model
+    before = [p.detach().clone() for p in feedback]
+    opt = torch.optim.SGD(arm.trained.parameters(), lr=0.1)
+    opt.zero_grad()
+    arm.compute(data.sample_batch(torch.Generator().manual_seed(0), 32))
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in feedback)
+    opt.step()
+    assert all(not torch.equal(p, b) for p, b in zip(feedback, before))
+
+
 def test_sources_needing_a_sequential_model_are_refused_naming_the_task_and_reason():
     # the tiny task's model is a custom module wrapping its MLP, not an nn.Sequential
-    for name in ("dfa", "forward_local", "forward_forward", "noprop"):
+    for name in (
+        "dfa",
+        "forward_local",
+        "forward_forward",
+        "noprop",
+        "forward_activity",
+        "counter_current",
+    ):
         with pytest.raises(ArmError, match="tiny") as err:
             check_arm(TINY, source=parse_sources([name])[0])
         assert "Sequential" in str(err.value)
@@ -95,7 +124,7 @@ def test_parse_sources_names_and_directions():
     ]
     with pytest.raises(ValueError, match="unknown gradient source 'sgd'"):
         parse_sources(["sgd"])
-    with pytest.raises(ValueError, match="only forward and zeroth_order"):
+    with pytest.raises(ValueError, match="only forward, forward_activity, zeroth_order take"):
         parse_sources(["dfa:3"])
     with pytest.raises(ValueError, match="integer >= 1"):
         parse_sources(["forward:0"])

@@ -228,6 +228,23 @@ def build_arm(
         src = sources.LocalGuessForwardGradient(model, heads)
         trained = nn.ModuleList([model, *heads])
         return Arm(trained, model, lambda b: src.compute(model, loss_fn, b), _cost(src))
+    if kind in ("forward_activity", "counter_current"):
+        loss_fn = _loss_fn(task, data, source.name)
+        if kind == "counter_current":
+            _classes(task, data, mlp_linears(model), source.name)
+        try:
+            if kind == "forward_activity":
+                src = sources.ActivityPerturbedForwardGradient(
+                    model, source.directions or 1, generator=dev_gen
+                )
+                return Arm(model, model, lambda b: src.compute(model, loss_fn, b), _cost(src))
+            src = sources.CounterCurrent(model)
+        except ValueError as exc:
+            raise ArmError(
+                f"the {source.name} source cannot train {task.name}'s model: {exc}"
+            ) from None
+        trained = nn.ModuleList([model, src.feedback])  # the feedback network learns too
+        return Arm(trained, model, lambda b: src.compute(model, loss_fn, b), _cost(src))
     linears = mlp_linears(model)
     classes = _classes(task, data, linears, source.name)
     in_features = int(data.x_train[0].numel())

@@ -6,7 +6,7 @@
 does the same for multi-task tasks with the aggregators of :mod:`gradkit.multigrad`.
 
 A source is named ``NAME`` or ``NAME:K`` where ``K`` is the number of random directions
-(forward gradient and zeroth order only). This module only names and parses; building a source
+(forward gradient, activity-perturbed forward gradient and zeroth order). This module only names and parses; building a source
 for a model is :mod:`gradkit.bench.execution.arms`.
 """
 
@@ -31,6 +31,11 @@ SOURCES: dict[str, str] = {
     "loss on (output, targets))",
     "forward_local": "LocalGuessForwardGradient: local-loss guesses with a linear head per "
     "hidden block (tasks whose model is an nn.Sequential)",
+    "forward_activity": "ActivityPerturbedForwardGradient(directions=K, default 1): the "
+    "directional derivatives taken on each linear block's activations, K JVPs per example and "
+    "block (tasks whose model is an nn.Sequential of Linear blocks)",
+    "counter_current": "CounterCurrent: a mirrored feedback network on the targets, layer-local "
+    "pair losses (classification tasks whose model is an nn.Sequential of Linear blocks)",
     "zeroth_order": "ZerothOrder(delta=1e-3, directions=K, default 1): 2K forwards per step "
     "(any task with a loss on (output, targets))",
     "dfa": "DirectFeedbackAlignment (tasks whose model is an nn.Sequential)",
@@ -50,7 +55,12 @@ _ALIASES = {
     "zerothorder": "zeroth_order",
     "directfeedbackalignment": "dfa",
     "ff": "forward_forward",
+    "activity": "forward_activity",
+    "ccl": "counter_current",
 }
+
+#: Sources that take a number of random directions (``NAME:K``).
+_DIRECTIONAL = ("forward", "forward_activity", "zeroth_order")
 
 #: Multi-task aggregators by name (:mod:`gradkit.multigrad`).
 AGGREGATORS: dict[str, str] = {
@@ -99,13 +109,13 @@ def parse_sources(names: list[str]) -> list[SourceChoice]:
         if kind is None:
             raise ValueError(
                 f"unknown gradient source {raw!r} for --source; choose from: {', '.join(SOURCES)}"
-                " (forward and zeroth_order take :K directions, e.g. forward:4)"
+                " (forward, forward_activity and zeroth_order take :K directions, e.g. forward:4)"
             )
         directions = None
         if count:
-            if kind not in ("forward", "zeroth_order"):
+            if kind not in _DIRECTIONAL:
                 raise ValueError(
-                    f"--source {raw!r}: only forward and zeroth_order take a number of "
+                    f"--source {raw!r}: only {', '.join(_DIRECTIONAL)} take a number of "
                     "directions (NAME:K)"
                 )
             if not count.isdigit() or int(count) < 1:
@@ -114,7 +124,7 @@ def parse_sources(names: list[str]) -> list[SourceChoice]:
                     f"got {count!r}"
                 )
             directions = int(count)
-        if kind in ("forward", "zeroth_order") and directions is None:
+        if kind in _DIRECTIONAL and directions is None:
             directions = 1
         choice = SourceChoice(kind, directions)
         if choice not in out:
