@@ -7,30 +7,48 @@ per-tensor reductions (AdamP's cosine test, NovoGrad's layer norms, per-tensor c
 cannot use one flat buffer; on the eager path those cost a dozen small ops per tensor, and the
 compiler fuses each tensor's reductions with its elementwise math.
 
+One compiled function serves every optimizer in the process whose chain has the same structure
+(the transforms' types and construction-time settings), for one dtype, device kind, backend and
+path (:func:`shared_group_update`): a second optimizer, or the next trial of ``gradkit compare``,
+reuses the compiled code instead of compiling its own. Each such function has its own copy of
+the code object, hence its own recompile limit. The flat path compiles with ``dynamic=True``:
+buffer lengths, the step number and the hyperparameters are symbolic from the first compile, so
+groups of other sizes, later steps and a scheduled lr reuse one graph.
+
 Hyperparameters that change every step must not be baked into the compiled code as constants
-(one recompile per step). Python ints (the step number) become dynamic after their first change;
-python floats passed to ``torch._foreach_*`` ops are specialized by dynamo, so every float
-hyperparameter travels into the compiled function as two ints (mantissa and exponent, exact) and
-is rebuilt there as a symbolic float. The step number is one int for the whole group: the
-compiled step is used only when every parameter of the group is on the same step (the normal
-case). See docs/performance.md.
+(one recompile per step). Python floats passed to ``torch._foreach_*`` ops are specialized by
+dynamo, so every float hyperparameter travels into the compiled function as two ints (mantissa
+and exponent, exact, each offset so that it is never 0 or 1, values dynamo would specialize
+on) and is rebuilt there as a symbolic float. The step number is one int for the whole group:
+the compiled step is used only when every parameter of the group is on the same step (the
+normal case). See docs/performance.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from gradkit.core.transform import Chain, StepContext
+from gradkit.core.hyperparams import Hyperparameter
+from gradkit.core.transform import Chain, GradientTransformation, StepContext
 
 __all__ = ["encode_hyperparameters", "group_update", "make_compiled_group_update"]
 
 _FLOAT_TAG = "__gradkit_float__"
+#: offset that keeps the encoded mantissa away from 0 and 1 (dynamo specializes ints equal to
+#: 0 or 1 even with ``dynamic=True``, which would recompile when lr reaches 0.0)
+_MANTISSA_OFFSET = 2**61
+#: floats of binary exponent (``math.frexp``) in this range are encoded: ``M / 2**k`` with
+#: ``k = 53 - exponent`` in [2, 124], so both divisors ``2**ceil(k/2)``, ``2**floor(k/2)`` lie
+#: in [2, 2**62] (int64, never 0 or 1); magnitudes from about 4e-22 to 2e15. Others, and -0.0,
+#: stay plain floats (specialized: a change recompiles)
+_EXPONENTS = range(-71, 52)
 
 
 class _CompiledContext(StepContext):
@@ -46,16 +64,44 @@ class _CompiledContext(StepContext):
     def owned(self, updates: list[Tensor]) -> list[Tensor]:
         return list(updates)
 
+    def per_step(self, fn: Callable[[int], float]) -> float | list[float]:
+        """``fn(step)``, computed once per step outside the generated per-element loop.
+
+        Under the compiler ``fn(step)`` is a symbolic expression of the step and the encoded
+        hyperparameters (``1 - beta2**t``), which inductor would write into the kernel's
+        per-element loop (a ``pow`` per element). Passing it through a 0-d float64 tensor and
+        ``.item()`` makes it a value that the generated code reads once, as a kernel argument.
+        Inductor (torch 2.13) declares such kernel arguments as 32-bit floats, so float64 groups
+        keep the inline form (their step stays exact to double rounding).
+        """
+        value = super().per_step(fn)
+        if isinstance(value, list) or not torch.compiler.is_compiling():
+            return value
+        if self.grads and self.grads[0].dtype == torch.float64:
+            return value
+        return torch.scalar_tensor(value, dtype=torch.float64).item()
+
 
 def encode_hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
-    """The group's hyperparameters with every float written as exact ``(tag, mantissa, exp)``."""
+    """The group's hyperparameters with every float written as exact integers (:func:`_encode`)."""
     return {k: _encode(v) for k, v in group.items() if k != "params"}
 
 
 def _encode(value: Any) -> Any:
-    if isinstance(value, float) and math.isfinite(value):
+    """A float ``x`` as ``(tag, M + offset, 2**a, 2**b)`` with ``x == M / 2**a / 2**b`` exactly.
+
+    Decoding is two divisions, not a ``pow``: inductor writes the decoding of a symbolic scalar
+    into the per-element loop of the generated kernel, where a ``pow`` per vector of elements
+    costs more than the arithmetic of the step itself.
+    """
+    negative_zero = isinstance(value, float) and math.copysign(1.0, value) < 0 and value == 0
+    if isinstance(value, float) and math.isfinite(value) and not negative_zero:
         mantissa, exponent = math.frexp(value)
-        return (_FLOAT_TAG, int(mantissa * 2**53), exponent - 53)
+        if exponent not in _EXPONENTS:
+            return value
+        k = 53 - exponent
+        m = int(mantissa * 2**53) + _MANTISSA_OFFSET
+        return (_FLOAT_TAG, m, 2 ** ((k + 1) // 2), 2 ** (k // 2))
     if isinstance(value, tuple):
         return tuple(_encode(v) for v in value)
     if isinstance(value, list):
@@ -64,8 +110,8 @@ def _encode(value: Any) -> Any:
 
 
 def _decode(value: Any) -> Any:
-    if isinstance(value, tuple) and len(value) == 3 and value[0] == _FLOAT_TAG:
-        return value[1] * 2.0 ** value[2]
+    if isinstance(value, tuple) and len(value) == 4 and value[0] == _FLOAT_TAG:
+        return (value[1] - _MANTISSA_OFFSET) / value[2] / value[3]
     if isinstance(value, tuple):
         return tuple(_decode(v) for v in value)
     if isinstance(value, list):
@@ -84,7 +130,9 @@ def group_update(
 ) -> None:
     """Run ``transform`` on the group's tensor lists and add the steps to ``params`` in place.
 
-    ``hyperparameters`` are encoded by :func:`encode_hyperparameters`.
+    ``hyperparameters`` are encoded by :func:`encode_hyperparameters`. The optimizers' compiled
+    steps pass no ``optimizer`` (``ctx.optimizer`` is None): the compiled code would be guarded
+    on the optimizer's identity and could not be shared.
     """
     group = {k: _decode(v) for k, v in hyperparameters.items()}
     ctx = _CompiledContext(
@@ -94,19 +142,101 @@ def group_update(
 
 
 def _compile_with_own_cache(
-    fn: Callable[..., Any], backend: str = "inductor"
+    fn: Callable[..., Any], backend: str = "inductor", dynamic: bool | None = None
 ) -> Callable[..., Any]:
-    """``torch.compile(fn)`` on a fresh copy of ``fn``'s code object, hence its own compile cache.
-
-    Each optimizer compiles its own copy, so that many optimizers in one process do not share
-    (and exhaust) one recompile limit.
-    """
+    """``torch.compile(fn)`` on a fresh copy of ``fn``'s code object, hence its own compile cache
+    and its own recompile limit."""
     fresh = types.FunctionType(
         fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
     )
-    return torch.compile(fresh, backend=backend)
+    return torch.compile(fresh, backend=backend, dynamic=dynamic)
 
 
-def make_compiled_group_update(backend: str = "inductor") -> Callable[..., None]:
-    """A compiled :func:`group_update` with its own compile cache."""
-    return _compile_with_own_cache(group_update, backend)
+def make_compiled_group_update(
+    backend: str = "inductor", dynamic: bool | None = None
+) -> Callable[..., None]:
+    """A compiled :func:`group_update` with its own compile cache (not shared)."""
+    return _compile_with_own_cache(group_update, backend, dynamic)
+
+
+def _freeze(value: Any, depth: int = 0) -> Hashable:
+    """A hashable summary of a transform's construction-time setting.
+
+    Plain values stand for themselves, transforms for their structure; anything else is
+    summarised by identity, so that objects that merely compare equal are never merged.
+    Correctness never depends on this: dynamo guards what the compiled code read. The summary
+    only decides which optimizers share a compiled function (and its recompile limit).
+    """
+    if value is None or isinstance(value, (bool, int, float, str, bytes, torch.dtype)):
+        return value
+    if depth > 6:
+        return ("id", id(value))
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, tuple(_freeze(v, depth + 1) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple((str(k), _freeze(v, depth + 1)) for k, v in value.items()))
+    if isinstance(value, GradientTransformation):
+        return _structure(value, depth + 1)
+    if isinstance(value, Hyperparameter):
+        return ("spec", repr(value))
+    return ("id", id(value))
+
+
+def _structure(t: GradientTransformation, depth: int = 0) -> Hashable:
+    settings = tuple((k, _freeze(v, depth + 1)) for k, v in sorted(vars(t).items()))
+    return (type(t).__module__, type(t).__qualname__, settings)
+
+
+def chain_structure(transform: Chain) -> Hashable:
+    """The chain's structure: its transforms' types and construction-time settings, in order."""
+    return tuple(_structure(t) for t in transform.transforms)
+
+
+#: the step number and every hyperparameter (the ints that encode them) are dynamic from the
+#: first compile, also where tensor sizes are left to automatic dynamic shapes
+_DYNAMIC_SOURCES = r"L\['step'\],L\['hyperparameters'\].*"
+
+
+@contextlib.contextmanager
+def compile_settings() -> Iterator[None]:
+    """Dynamo settings for calling a compiled step: per-step scalars read through ``.item()``
+    are captured (not a graph break; :class:`_CompiledContext`), and the step and the encoded
+    hyperparameters are symbolic from the first compile (no recompile when they change)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch._dynamo.config.patch(capture_scalar_outputs=True))
+        if hasattr(torch.compiler.config, "dynamic_sources"):  # torch >= 2.9
+            stack.enter_context(torch.compiler.config.patch(dynamic_sources=_DYNAMIC_SOURCES))
+        yield
+
+
+#: (structure, dtype, device kind, backend, path) -> the compiled step shared by all optimizers
+_SHARED: dict[Hashable, Callable[..., None]] = {}
+
+
+def shared_group_update(
+    transform: Chain,
+    dtype: torch.dtype,
+    device_type: str,
+    backend: str = "inductor",
+    *,
+    flat: bool,
+    length: int = 1,
+) -> Callable[..., None]:
+    """The compiled :func:`group_update` for ``transform``'s structure, made on first use and
+    shared by every optimizer of the process with the same structure, dtype, device kind and
+    backend.
+
+    ``flat=True`` (one flat buffer per list) compiles with ``dynamic=True``: the buffer length,
+    the step and the encoded hyperparameters are symbolic from the first compile, so every
+    group size and step reuses one graph. ``flat=False`` (``fused="compile"``, per-tensor lists)
+    also keys on the number of tensors ``length`` (list lengths are static in a graph) and
+    leaves tensor sizes to automatic dynamic shapes (a model of other shapes recompiles once);
+    the step and hyperparameters are dynamic from the start (:func:`compile_settings`, which
+    callers enter around each call).
+    """
+    key = (chain_structure(transform), dtype, device_type, backend, flat, 1 if flat else length)
+    fn = _SHARED.get(key)
+    if fn is None:
+        fn = _compile_with_own_cache(group_update, backend, True if flat else None)
+        _SHARED[key] = fn
+    return fn

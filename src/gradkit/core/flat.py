@@ -62,6 +62,9 @@ class FlatGroup:
         self.state_flat: dict[str, Tensor] = {}
         self._viewed: dict[str, tuple[int, int]] = {}
         self.step: int | None = None
+        #: True once a step ran on these buffers (the first one runs eagerly, see
+        #: ``ChainOptimizer._flat_step``)
+        self.stepped = False
         self._param_ptrs: list[int] = []
         self._grad_views: list[Tensor] = []
         #: every parameter's ``state[p]["step"]`` is a 0-d view into this one tensor, so that

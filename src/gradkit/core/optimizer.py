@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from gradkit.core.compiled import encode_hyperparameters, make_compiled_group_update
+from gradkit.core.compiled import compile_settings, encode_hyperparameters, shared_group_update
 from gradkit.core.flat import FlatGroup, flat_update
 from gradkit.core.hyperparams import Hyperparameter, choice, flag, validate_group
 from gradkit.core.state_dict import check_and_migrate_state_dict
@@ -120,7 +120,7 @@ class ChainOptimizer(Optimizer):
         self.fused = fused
         self.nonfinite = nonfinite
         self._flat: dict[int, FlatGroup] = {}
-        self._compiled: Any = None  # the compiled step, made on first use
+        self._compiled: Any = None  # {(dtype, device, path, length): shared compiled step}
         self._compile_backend = "inductor"
         self.transform: Chain = transform
         specs = dict(transform.specs() if specs is None else specs)
@@ -232,11 +232,15 @@ class ChainOptimizer(Optimizer):
         step = fg.step + 1
         state = {k: [v] for k, v in fg.state_flat.items()}
         try:
-            if mode == "compiled" and closure is None:
-                self._compiled_step()(
-                    self.transform, [fg.param_flat], [fg.grad_flat], state,
-                    encode_hyperparameters(group), step, self,
-                )  # fmt: skip
+            # the first step on new flat buffers runs eagerly: it allocates lazily made state
+            # (momentum buffers, AMSGrad's max), so the compiled code never sees it change
+            if mode == "compiled" and closure is None and fg.stepped:
+                p0 = fg.param_flat
+                with compile_settings():
+                    self._compiled_step(p0.dtype, p0.device.type, True)(
+                        self.transform, [fg.param_flat], [fg.grad_flat], state,
+                        encode_hyperparameters(group), step,
+                    )  # fmt: skip
             else:
                 hp = {k: v for k, v in group.items() if k != "params"}
                 flat_update(
@@ -248,6 +252,7 @@ class ChainOptimizer(Optimizer):
         for k, v in state.items():  # a transform may have rebound a lazily allocated buffer
             fg.state_flat[k] = v[0]
         fg.step = step
+        fg.stepped = True
         fg.step_flat.add_(1.0)  # every state[p]["step"] is a view into it
         fg.sync_state_views(self)
         return True
@@ -347,10 +352,16 @@ class ChainOptimizer(Optimizer):
         steps = [int(t) for t in torch.stack(step_tensors).tolist()]  # one read, not one a tensor
         try:
             if self._use_compiled_group(steps, closure):
-                self._compiled_step()(
-                    self.transform, params, grads, state, encode_hyperparameters(group), steps[0],
-                    self,
-                )  # fmt: skip
+                fn = self._compiled_step(params[0].dtype, params[0].device.type, False, len(params))
+                with compile_settings():
+                    fn(
+                        self.transform,
+                        params,
+                        grads,
+                        state,
+                        encode_hyperparameters(group),
+                        steps[0],
+                    )
             else:
                 ctx = StepContext(
                     group=group, steps=steps, grads=grads, closure=closure, loss=loss,
@@ -361,17 +372,31 @@ class ChainOptimizer(Optimizer):
             torch._foreach_sub_(step_tensors, 1.0)
 
     def _use_compiled_group(self, steps: list[int], closure: Callable[[], Any] | None) -> bool:
-        """``fused="compile"`` applies: no closure, and every parameter on the same step."""
+        """``fused="compile"`` applies: no closure, every parameter on the same step, and not
+        the first step (which runs eagerly and allocates lazily made state, so that the
+        compiled code never sees a buffer change size)."""
         if self.fused != "compile" or closure is not None or self.needs_closure:
             return False
-        return all(t == steps[0] for t in steps)
+        return steps[0] > 1 and all(t == steps[0] for t in steps)
 
-    def _compiled_step(self) -> Callable[..., None]:
-        """The compiled :func:`~gradkit.core.compiled.group_update`, made on first use (flat
-        groups pass one-element lists of flat buffers, ``fused="compile"`` per-tensor lists)."""
+    def _compiled_step(
+        self, dtype: torch.dtype, device_type: str, flat: bool, length: int = 1
+    ) -> Callable[..., None]:
+        """The compiled :func:`~gradkit.core.compiled.group_update` for this chain's structure,
+        shared with every optimizer of the process that has the same structure
+        (:func:`~gradkit.core.compiled.shared_group_update`); flat groups pass one-element
+        lists of flat buffers, ``fused="compile"`` per-tensor lists of ``length`` tensors."""
         if self._compiled is None:
-            self._compiled = make_compiled_group_update(self._compile_backend)
-        return self._compiled
+            self._compiled = {}
+        key = (dtype, device_type, self._compile_backend, flat, length)
+        fn = self._compiled.get(key)
+        if fn is None:
+            fn = shared_group_update(
+                self.transform, dtype, device_type, self._compile_backend, flat=flat,
+                length=length,
+            )  # fmt: skip
+            self._compiled[key] = fn
+        return fn
 
     # ------------------------------------------------------------------ state dict
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
