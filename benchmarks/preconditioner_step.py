@@ -4,12 +4,14 @@ Usage:
 
     PYTHONPATH=src python benchmarks/preconditioner_step.py [--rounds 7] [--steps 10] [--threads 1]
     PYTHONPATH=src python benchmarks/preconditioner_step.py --device cuda
+    PYTHONPATH=src python benchmarks/preconditioner_step.py --shapes cuda --methods SOAP
 
 On CUDA the parameter set is the eight matrices of two GPT-2 small blocks (see ``CUDA_SHAPES``)
-and each round is bracketed by ``torch.cuda.synchronize()``.
+and each round is bracketed by ``torch.cuda.synchronize()``; ``--shapes cuda`` runs that set on
+the CPU (slow: seconds per step), ``--shapes small`` the small set on either device.
 
-The parameter set: two 256x256 and two 512x128 matrices and their bias vectors (256, 256, 512,
-512), fp32, fixed random gradients. Every contender is amortised alike: Shampoo's inverse roots
+The parameter set on the CPU: two 256x256 and two 512x128 matrices and their bias vectors (256,
+256, 512, 512), fp32, fixed random gradients. Every contender is amortised alike: Shampoo's inverse roots
 and SOAP's eigenbases are refreshed once every 10 steps (``precondition_frequency=10`` /
 ``preconditioning_compute_steps=10``), PSGD Kron's preconditioner is fitted every step (update
 probability 1, the libraries' default for the first 500 steps). A round times ``--steps``
@@ -19,7 +21,11 @@ per-step mean, after one warm-up round (which also builds every state). Ratios a
 
 Matched settings: Shampoo without grafting or momentum and with vectors preconditioned by full
 matrices (pytorch-optimizer's ``Shampoo`` does exactly that: the same matrix work); SOAP with
-vectors on Adam (``precondition_1d=False``), no dimension merging; heavyball runs eagerly
+vectors on Adam (``precondition_1d=False``), no dimension merging, and the same largest
+preconditioned side for all three (``--max-precond-dim``, default 10000, gradkit's and
+pytorch-optimizer's default: every side of the GPT-2 matrices gets a factor; heavyball's own
+default, 2048, would leave the 2304 and 3072 sides unpreconditioned, about a quarter of the
+matrix work on those shapes); heavyball runs eagerly
 (``heavyball.utils.compile_mode = None``: its default compiles with max-autotune, minutes on a
 CPU). heavyball has no plain Shampoo.
 """
@@ -57,7 +63,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def contenders(method: str):
+def contenders(method: str, max_precond_dim: int = 10000):
     """(label, factory) pairs; a factory returns the optimizer or raises ImportError."""
     import gradkit
 
@@ -75,19 +81,22 @@ def contenders(method: str):
         out.append(("pytorch-optimizer", po))
     elif method == "SOAP":
         out.append(("gradkit", lambda ps: gradkit.create_optimizer(
-            ps, "soap", precondition_frequency=10)))  # fmt: skip
+            ps, "soap", precondition_frequency=10,
+            max_preconditioner_dim=max_precond_dim)))  # fmt: skip
 
         def po(ps):
             from pytorch_optimizer import SOAP
 
-            return SOAP(ps, precondition_frequency=10)
+            return SOAP(ps, precondition_frequency=10, max_precondition_dim=max_precond_dim)
 
         def hb(ps):
             import heavyball
             import heavyball.utils
 
             heavyball.utils.compile_mode = None
-            return heavyball.SOAP(ps, precondition_frequency=10, merge_dims=False)
+            return heavyball.SOAP(
+                ps, precondition_frequency=10, merge_dims=False, max_precond_dim=max_precond_dim
+            )
 
         out += [("pytorch-optimizer", po), ("heavyball", hb)]
     else:
@@ -109,11 +118,19 @@ def contenders(method: str):
     return out
 
 
-def run(method: str, rounds: int, steps: int, device: str = "cpu") -> dict[str, float | str]:
+def run(
+    method: str,
+    rounds: int,
+    steps: int,
+    device: str = "cpu",
+    shapes=None,
+    max_precond_dim: int = 10000,
+) -> dict[str, float | str]:
     steppers = {}
     results: dict[str, float | str] = {}
-    shapes = CUDA_SHAPES if device == "cuda" else SHAPES
-    for label, factory in contenders(method):
+    if shapes is None:
+        shapes = CUDA_SHAPES if device == "cuda" else SHAPES
+    for label, factory in contenders(method, max_precond_dim):
         ps = make_params(device=device, shapes=shapes)
         try:
             steppers[label] = stepper(factory(ps), ps)
@@ -148,6 +165,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--methods", default="Shampoo,SOAP,PSGD Kron")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument(
+        "--shapes", default=None, choices=("small", "cuda"), help="default: by the device"
+    )
+    ap.add_argument("--max-precond-dim", type=int, default=10000, help="SOAP, all contenders")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -156,15 +177,17 @@ def main() -> None:
         f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
         f"{args.threads} torch thread(s), {platform.python_version()}, torch {torch.__version__}"
     )
-    shapes = CUDA_SHAPES if args.device == "cuda" else SHAPES
+    which = args.shapes or ("cuda" if args.device == "cuda" else "small")
+    shapes = CUDA_SHAPES if which == "cuda" else SHAPES
     if args.device == "cuda":
         print(f"device: {torch.cuda.get_device_name()}")
     print(f"parameters: {', '.join('x'.join(map(str, s)) for s in shapes)} + their bias vectors")
+    print(f"SOAP: largest preconditioned side {args.max_precond_dim} (all contenders)")
     print()
     print("| method | implementation | ms / step (median) | ratio to gradkit |")
     print("|---|---|---|---|")
     for method in [m.strip() for m in args.methods.split(",")]:
-        res = run(method, args.rounds, args.steps, args.device)
+        res = run(method, args.rounds, args.steps, args.device, shapes, args.max_precond_dim)
         base = res.get("gradkit")
         for label, value in res.items():
             if isinstance(value, float):

@@ -203,3 +203,53 @@ def test_long_sides_keep_the_identity_basis() -> None:
     opt.step()
     assert opt.state[w]["factor_left"].numel() == 0
     assert opt.state[w]["factor_right"].shape == (3, 3)
+
+
+def test_projected_first_moment_tracks_the_bases() -> None:
+    """``exp_avg_projected`` is ``Q_L^T m Q_R`` with the current bases after every step: kept by
+    linearity between refreshes, projected anew from ``m`` when the bases change."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(6, 4, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.randn(6, dtype=torch.float64))
+    opt = SOAP([w, b], lr=1e-2, precondition_frequency=3)
+    for _ in range(11):
+        w.grad = torch.randn(6, 4, dtype=torch.float64)
+        b.grad = torch.randn(6, dtype=torch.float64)
+        opt.step()
+        st = opt.state[w]
+        want = st["eigenbasis_left"].T @ st["exp_avg"] @ st["eigenbasis_right"]
+        torch.testing.assert_close(st["exp_avg_projected"], want, rtol=0, atol=1e-13)
+    assert opt.state[b]["exp_avg_projected"].numel() == 0  # Adam fallback: m is its own P(m)
+
+
+def _matrix_products(step) -> int:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.bmm):
+                Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        step()
+    return Count.n
+
+
+def test_a_step_between_refreshes_costs_three_two_sided_products() -> None:
+    """Per matrix and step: P(G), P^-1 and the two factors (6 products); P(m) is not projected
+    again between refreshes. A refresh step adds F Q per side and the projection of m."""
+    w = torch.nn.Parameter(torch.randn(5, 4))
+    opt = SOAP([w], precondition_frequency=10)
+    counts = []
+    for _ in range(13):
+        w.grad = torch.randn(5, 4)
+        counts.append(_matrix_products(opt.step))
+    # t = 1: the factors only; t = 2 (s = 1): P(m) projected once; t = 12 (s = 11): refresh
+    assert counts[0] == 2
+    assert counts[1] == 8
+    assert counts[2:11] == [6] * 9
+    assert counts[11] == 6 + 2 + 2
+    assert counts[12] == 6

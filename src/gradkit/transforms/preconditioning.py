@@ -286,11 +286,20 @@ class ScaleBySOAP(GradientTransformation):
     Fallback for parameters with no preconditioned side (vectors unless ``precondition_1d``,
     scalars): the same rule with identity bases, i.e. Adam (with this bias correction).
 
+    Cost: ``P(m)`` is kept alongside ``m`` and follows by linearity between refreshes,
+    ``P(m) <- b1 P(m) + (1 - b1) P(G)``; it is projected anew from ``m`` on the first moving
+    step and on refresh steps only. A step is then three two-sided matrix products (``P(G)``,
+    ``P^-1``, the factors' ``G G^T``, ``G^T G``) instead of four; the result differs from
+    projecting ``m`` every step by rounding only (float64: up to 3e-13 after 50 steps in the tests). The
+    moment updates run as multi-tensor ops over all parameters past their first step.
+
     Vyas, Morwani, Zhao, Shapira, Brandfonbrener, Janson & Kakade, "SOAP: Improving and
     Stabilizing Shampoo using Adam", arXiv 2409.11321.
 
-    State: ``exp_avg``, ``exp_avg_sq`` (parameter-shaped), ``factor_left``, ``factor_right``,
-    ``eigenbasis_left``, ``eigenbasis_right`` (square, zero-size where a side is off).
+    State: ``exp_avg`` (original basis), ``exp_avg_projected`` (``P(m)``; zero-size where both
+    bases are the identity), ``exp_avg_sq`` (eigenbasis; all parameter-shaped),
+    ``factor_left``, ``factor_right``, ``eigenbasis_left``, ``eigenbasis_right`` (square,
+    zero-size where a side is off).
     """
 
     flat_ok = False
@@ -311,8 +320,18 @@ class ScaleBySOAP(GradientTransformation):
             k: [torch.zeros(p.shape, dtype=factor_dtype(p.dtype), device=p.device) for p in params]
             for k in ("exp_avg", "exp_avg_sq")
         }
+        projected = []
+        for p in params:
+            _, _, a, b = kronecker_sides(p.shape, self.max_dim, self.precondition_1d)
+            dt = factor_dtype(p.dtype)
+            projected.append(
+                torch.zeros(p.shape, dtype=dt, device=p.device)
+                if (a or b)
+                else _empty(dt, p.device)
+            )
         return {
             **moments,
+            "exp_avg_projected": projected,
             **_factors(params, self.max_dim, self.precondition_1d, "factor"),
             **_factors(params, self.max_dim, self.precondition_1d, "eigenbasis"),
         }
@@ -324,7 +343,16 @@ class ScaleBySOAP(GradientTransformation):
         shampoo_beta = float(ctx.group["shampoo_beta"])
         eps = float(ctx.group["eps"])
         freq = int(ctx.group["precondition_frequency"])
-        out: TensorList = []
+        out: TensorList = [None] * len(updates)  # type: ignore[list-item]
+        # the parameters past their first step, gathered for multi-tensor moment updates
+        idx: list[int] = []
+        grads: TensorList = []
+        projected: TensorList = []  # P(G)
+        moms: TensorList = []  # m (original basis)
+        moms_projected: TensorList = []  # P(m): m itself where both bases are the identity
+        sqs: TensorList = []
+        reproject: list[bool] = []
+        corrections: list[float] = []
         for i, u in enumerate(updates):
             m, v = state["exp_avg"][i], state["exp_avg_sq"][i]
             fl, fr = state["factor_left"][i], state["factor_right"][i]
@@ -338,11 +366,14 @@ class ScaleBySOAP(GradientTransformation):
                     ql.copy_(eigenbasis(fl))
                 if fr.numel():
                     qr.copy_(eigenbasis(fr))
-                out.append(torch.zeros_like(u))
+                out[i] = torch.zeros_like(u)
                 continue
             s = t - 1
-            v2 = v.view(rows, cols)
-            if s > 1 and _refresh_due(s, freq, 1):
+            m2, v2 = m.view(rows, cols), v.view(rows, cols)
+            mp = state["exp_avg_projected"][i]
+            has_basis = bool(fl.numel() or fr.numel())
+            refresh = has_basis and s > 1 and _refresh_due(s, freq, 1)
+            if refresh:
                 if fl.numel():
                     q, order = refresh_eigenbasis(fl, ql)
                     ql.copy_(q)
@@ -351,15 +382,51 @@ class ScaleBySOAP(GradientTransformation):
                     q, order = refresh_eigenbasis(fr, qr)
                     qr.copy_(q)
                     v2.copy_(v2.index_select(1, order))
-            m2 = m.view(rows, cols)
-            m2.lerp_(g, 1.0 - beta1)
-            gp = _project(g, ql, qr)
-            v2.lerp_(gp.square(), 1.0 - beta2)
-            d = _project(m2, ql, qr) / (v2.sqrt() + eps)
-            d = _project_back(d, ql, qr)
-            d.mul_(math.sqrt(1.0 - beta2**s) / (1.0 - beta1**s))
-            self._update_factors(g, fl, fr, shampoo_beta)
-            out.append(d.reshape(u.shape).to(u.dtype))
+            idx.append(i)
+            grads.append(g)
+            projected.append(_project(g, ql, qr))
+            moms.append(m2)
+            moms_projected.append(mp.view(rows, cols) if has_basis else m2)
+            sqs.append(v2)
+            # P(m) projected from m: when the bases change, and on the first moving step (m = 0
+            # before it; projecting (1 - b1) G rounds as the paper's code does)
+            reproject.append(has_basis and (refresh or s == 1))
+            corrections.append(math.sqrt(1.0 - beta2**s) / (1.0 - beta1**s))
+        if idx:
+            # m <- b1 m + (1 - b1) G (original basis). P(m) follows by linearity between
+            # refreshes, P(m) <- b1 P(m) + (1 - b1) P(G), and is projected anew from m when the
+            # bases change: one projection every f steps instead of one every step.
+            torch._foreach_lerp_(moms, grads, 1.0 - beta1)
+            linear = [
+                k
+                for k, i in enumerate(idx)
+                if moms_projected[k] is not moms[k] and not reproject[k]
+            ]
+            if linear:
+                torch._foreach_lerp_(
+                    [moms_projected[k] for k in linear],
+                    [projected[k] for k in linear],
+                    1.0 - beta1,
+                )
+            for k, i in enumerate(idx):
+                if reproject[k]:
+                    ql, qr = state["eigenbasis_left"][i], state["eigenbasis_right"][i]
+                    moms_projected[k].copy_(_project(moms[k], ql, qr))
+            # v <- b2 v + (1 - b2) P(G)^2;  D = P^-1(P(m) / (sqrt(v) + eps)) * correction
+            squares = torch._foreach_mul(projected, projected)
+            torch._foreach_lerp_(sqs, squares, 1.0 - beta2)
+            denom = torch._foreach_sqrt(sqs)
+            torch._foreach_add_(denom, eps)
+            steps = torch._foreach_div(moms_projected, denom)
+            steps = [
+                _project_back(d, state["eigenbasis_left"][i], state["eigenbasis_right"][i])
+                for d, i in zip(steps, idx)
+            ]
+            torch._foreach_mul_(steps, corrections)
+            for k, i in enumerate(idx):
+                fl, fr = state["factor_left"][i], state["factor_right"][i]
+                self._update_factors(grads[k], fl, fr, shampoo_beta)
+                out[i] = steps[k].reshape(updates[i].shape).to(updates[i].dtype)
         return ctx.owned(out)
 
     @staticmethod
