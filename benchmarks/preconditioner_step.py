@@ -11,13 +11,17 @@ and each round is bracketed by ``torch.cuda.synchronize()``; ``--shapes cuda`` r
 the CPU (slow: seconds per step), ``--shapes small`` the small set on either device.
 
 The parameter set on the CPU: two 256x256 and two 512x128 matrices and their bias vectors (256,
-256, 512, 512), fp32, fixed random gradients. Every contender is amortised alike: Shampoo's inverse roots
-and SOAP's eigenbases are refreshed once every 10 steps (``precondition_frequency=10`` /
-``preconditioning_compute_steps=10``), PSGD Kron's preconditioner is fitted every step (update
-probability 1, the libraries' default for the first 500 steps). A round times ``--steps``
-consecutive steps of each contender, contenders interleaved within the round (so a slow phase of
-the shared machine hits all of them); a contender's time is the median over rounds of its
-per-step mean, after one warm-up round (which also builds every state). Ratios are to gradkit.
+256, 512, 512), fp32, fixed random gradients. Every contender is amortised alike: Shampoo's
+inverse roots and SOAP's eigenbases are refreshed once every 10 steps
+(``precondition_frequency=10`` / ``preconditioning_compute_steps=10``), PSGD Kron's
+preconditioner is fitted every step (update probability 1, the libraries' default for the first
+500 steps). A round times ``--steps`` consecutive steps of each contender, contenders
+interleaved within the round (so a slow phase of the shared machine hits all of them); a
+contender's time is the median over rounds of its per-step mean, after one warm-up round (which
+also builds every state). Ratios are to gradkit. ``--profile`` adds a table per method of what
+a step does, over ``--steps`` further steps under ``torch.profiler``: aten operators, matrix
+products and their GFLOP, QR and eigh calls, host syncs, CPU self time by phase, and on CUDA the
+kernels launched and the GPU time of matmul, QR, eigh and other kernels.
 
 Matched settings: Shampoo without grafting or momentum and with vectors preconditioned by full
 matrices (pytorch-optimizer's ``Shampoo`` does exactly that: the same matrix work); SOAP with
@@ -125,7 +129,10 @@ def run(
     device: str = "cpu",
     shapes=None,
     max_precond_dim: int = 10000,
+    anatomy: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, float | str]:
+    """Median ms per step of each contender; with ``anatomy`` (a dict), also each one's
+    :func:`profile_steps` over ``steps`` further steps, stored under its label."""
     steppers = {}
     results: dict[str, float | str] = {}
     if shapes is None:
@@ -155,7 +162,72 @@ def run(
     for label, ts in times.items():
         if ts and label not in results:
             results[label] = statistics.median(ts)
+    if anatomy is not None:
+        for label, step in steppers.items():
+            try:
+                anatomy[label] = profile_steps(step, steps, device)
+            except Exception as err:  # the timing table stands without it
+                print(f"{method} {label}: no profile: {type(err).__name__}: {err}"[:160])
     return results
+
+
+# operator names (CPU side) and kernel names (GPU side) by phase
+_OPS = {
+    "matmul": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"),
+    "qr": ("aten::linalg_qr",),
+    "eigh": ("aten::_linalg_eigh",),
+    "sync": ("aten::_local_scalar_dense",),
+}
+_KERNELS = (
+    ("qr", ("geqrf", "orgqr", "larf", "ormqr", "ungqr", "geqr2")),
+    ("eigh", ("syevd", "syevj", "sytrd", "stedc", "steqr", "ormtr")),
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "gemv")),
+)
+
+
+def profile_steps(step, steps: int, device: str) -> dict[str, float]:
+    """Per step, over ``steps`` steps under ``torch.profiler``: aten operators called, matrix
+    products (mm/bmm), their GFLOP, QR and eigh calls, host syncs (``.item()`` and the like),
+    the CPU self time of the matrix products, QR and the rest; on CUDA also the kernels launched
+    and the GPU time of matmul, QR, eigh and other kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    _sync(device)
+    with profile(activities=acts, with_flops=True) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    out: dict[str, float] = {k: 0.0 for k in ("ops", "matmul", "gflop", "qr", "eigh", "sync")}
+    out.update({"cpu_ms_matmul": 0.0, "cpu_ms_qr": 0.0, "cpu_ms_other": 0.0})
+    for e in prof.key_averages():
+        if not e.key.startswith("aten::"):
+            continue
+        out["ops"] += e.count
+        out["gflop"] += (e.flops or 0) / 1e9
+        for k, names in _OPS.items():
+            if e.key in names:
+                out[k] += e.count
+        ms = e.self_cpu_time_total / 1e3
+        low = e.key.lower()
+        if e.key in _OPS["matmul"]:
+            out["cpu_ms_matmul"] += ms
+        elif any(w in low for w in ("qr", "geqrf", "householder", "orgqr")):
+            out["cpu_ms_qr"] += ms
+        else:
+            out["cpu_ms_other"] += ms
+    if device == "cuda":
+        out.update({"kernels": 0.0, "gpu_ms_matmul": 0.0, "gpu_ms_qr": 0.0})
+        out.update({"gpu_ms_eigh": 0.0, "gpu_ms_other": 0.0})
+        for e in prof.events():
+            if "cuda" not in str(getattr(e, "device_type", "")).lower():
+                continue
+            out["kernels"] += 1
+            low = e.name.lower()
+            cat = next((c for c, ws in _KERNELS if any(w in low for w in ws)), "other")
+            total = getattr(e, "device_time_total", None)
+            out[f"gpu_ms_{cat}"] += (e.cuda_time_total if total is None else total) / 1e3
+    return {k: v / steps for k, v in out.items()}
 
 
 def main() -> None:
@@ -169,6 +241,11 @@ def main() -> None:
         "--shapes", default=None, choices=("small", "cuda"), help="default: by the device"
     )
     ap.add_argument("--max-precond-dim", type=int, default=10000, help="SOAP, all contenders")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also a table of what a step does (operators, matrix products, QR, syncs, kernels)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -186,8 +263,12 @@ def main() -> None:
     print()
     print("| method | implementation | ms / step (median) | ratio to gradkit |")
     print("|---|---|---|---|")
+    profiled: dict[str, dict[str, dict[str, float]]] = {}
     for method in [m.strip() for m in args.methods.split(",")]:
-        res = run(method, args.rounds, args.steps, args.device, shapes, args.max_precond_dim)
+        anatomy: dict[str, dict[str, float]] | None = {} if args.profile else None
+        res = run(
+            method, args.rounds, args.steps, args.device, shapes, args.max_precond_dim, anatomy
+        )
         base = res.get("gradkit")
         for label, value in res.items():
             if isinstance(value, float):
@@ -195,7 +276,16 @@ def main() -> None:
                 print(f"| {method} | {label} | {value:.2f} | {ratio} |")
             else:
                 print(f"| {method} | {label} | {value} | - |")
+        if anatomy:
+            profiled[method] = anatomy
         sys.stdout.flush()
+    for method, anatomy in profiled.items():
+        cols = list(next(iter(anatomy.values())))
+        print(f"\n{method}, per step over {args.steps} steps (one refresh among them at f = 10):")
+        print("| implementation | " + " | ".join(cols) + " |")
+        print("|---" * (len(cols) + 1) + "|")
+        for label, row in anatomy.items():
+            print(f"| {label} | " + " | ".join(f"{row[c]:.2f}" for c in cols) + " |")
 
 
 if __name__ == "__main__":

@@ -40,8 +40,8 @@ bf16 and the statistics need the range); the update is cast to the parameter's d
 end. **Complex parameters** are refused (``complex_ok = False``): the real view of a complex
 matrix is not the matrix whose Kronecker factors these rules mean.
 
-The matrix work runs per parameter (one ``eigh`` or ``qr`` per factor); elementwise parts of
-the fallbacks use multi-tensor ops.
+The matrix work runs per parameter (one ``eigh`` or ``qr`` per factor); elementwise parts
+(the fallbacks, SOAP's moments) use multi-tensor ops.
 """
 
 from __future__ import annotations
@@ -289,9 +289,10 @@ class ScaleBySOAP(GradientTransformation):
     Cost: ``P(m)`` is kept alongside ``m`` and follows by linearity between refreshes,
     ``P(m) <- b1 P(m) + (1 - b1) P(G)``; it is projected anew from ``m`` on the first moving
     step and on refresh steps only. A step is then three two-sided matrix products (``P(G)``,
-    ``P^-1``, the factors' ``G G^T``, ``G^T G``) instead of four; the result differs from
-    projecting ``m`` every step by rounding only (float64: up to 3e-13 after 50 steps in the tests). The
-    moment updates run as multi-tensor ops over all parameters past their first step.
+    ``P^-1``, the factors' ``G G^T`` and ``G^T G``) instead of four; the result differs from
+    projecting ``m`` every step by rounding only (float64: up to 3e-13 after 50 steps in the
+    tests). The moment updates run as multi-tensor ops over all parameters past their first
+    step.
 
     Vyas, Morwani, Zhao, Shapira, Brandfonbrener, Janson & Kakade, "SOAP: Improving and
     Stabilizing Shampoo using Adam", arXiv 2409.11321.
