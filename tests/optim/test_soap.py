@@ -205,20 +205,24 @@ def test_long_sides_keep_the_identity_basis() -> None:
     assert opt.state[w]["factor_right"].shape == (3, 3)
 
 
-def test_projected_first_moment_tracks_the_bases() -> None:
+@pytest.mark.parametrize("max_dim", [10000, 5])
+def test_projected_first_moment_tracks_the_bases(max_dim: int) -> None:
     """``exp_avg_projected`` is ``Q_L^T m Q_R`` with the current bases after every step: kept by
-    linearity between refreshes, projected anew from ``m`` when the bases change."""
+    linearity between refreshes, projected anew from ``m`` when the bases change (max_dim 5:
+    the left side of the 6x4 matrix keeps the identity)."""
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(6, 4, dtype=torch.float64))
     b = torch.nn.Parameter(torch.randn(6, dtype=torch.float64))
-    opt = SOAP([w, b], lr=1e-2, precondition_frequency=3)
+    opt = SOAP([w, b], lr=1e-2, precondition_frequency=3, max_preconditioner_dim=max_dim)
     for _ in range(11):
         w.grad = torch.randn(6, 4, dtype=torch.float64)
         b.grad = torch.randn(6, dtype=torch.float64)
         opt.step()
         st = opt.state[w]
-        want = st["eigenbasis_left"].T @ st["exp_avg"] @ st["eigenbasis_right"]
+        ql = st["eigenbasis_left"] if st["eigenbasis_left"].numel() else torch.eye(6).double()
+        want = ql.T @ st["exp_avg"] @ st["eigenbasis_right"]
         torch.testing.assert_close(st["exp_avg_projected"], want, rtol=0, atol=1e-13)
+    assert (opt.state[w]["eigenbasis_left"].numel() == 0) == (max_dim == 5)
     assert opt.state[b]["exp_avg_projected"].numel() == 0  # Adam fallback: m is its own P(m)
 
 
