@@ -10,10 +10,12 @@ their first-order rule, which lowers the loss too.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
+from tiny_compare import TINY_PLUGIN
 from tiny_task import TINY
 
 from gradkit.bench.execution import train as train_mod
@@ -24,6 +26,7 @@ from gradkit.bench.protocol.optimizers import (
     scaled_hyperparams,
     search_centre,
 )
+from gradkit.cli import main
 from gradkit.errors import canonical_name
 
 CPU = torch.device("cpu")
@@ -118,3 +121,24 @@ def test_kfac_in_the_harness_collects_factors_for_both_linear_layers(built):
         a, g = state["kfac_a"], state["kfac_g"]
         assert a.shape == (layer.in_features + 1,) * 2 and g.shape == (layer.out_features,) * 2
         assert float(torch.trace(a)) > 0 and float(torch.trace(g)) > 0
+
+
+def test_gradkit_compare_runs_all_eight_and_reports_their_times(tmp_path):
+    """The command itself: plan, trials, the interleaved step-time calibration and the report,
+    for all eight on the tiny task (one lr, one seed, 6 steps)."""
+    out = tmp_path / "report"
+    args = ["compare", "--plugin", TINY_PLUGIN, "--task", "tiny", "-o", ",".join(SECOND_ORDER)]
+    args += ["--trials", "1", "--seeds", "1", "--steps", "6", "--eval-every", "3"]
+    assert main([*args, "--workers", "1", "--out", str(out), "--quiet"]) == 0
+    ranking = json.loads((out / "results.json").read_text())["tasks"]["tiny"]["ranking"]
+    by_name = {canonical_name(r["optimizer"]): r for r in ranking}
+    assert sorted(by_name) == sorted(canonical_name(n) for n in SECOND_ORDER)
+    for name, r in by_name.items():
+        centre = SEARCH_CENTRES[name]
+        assert r["lr_range"] == pytest.approx([centre * f for f in TINY.lr_factors]), name
+        assert r["complete"] and not r["diverged"], name
+        assert math.isfinite(r["final_mean"]) and r["final_mean"] > 1 / 3, name
+        assert math.isfinite(r["step_time"]) and r["step_time"] > 0, name  # calibration ran
+        assert 0 < r["step_time_share"] <= 1, name
+        if name in CLOSURE:  # the closure's forward and backward run inside step()
+            assert r["step_time_share"] > 0.95, name
