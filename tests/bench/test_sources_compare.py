@@ -227,6 +227,33 @@ def test_compare_refuses_an_inapplicable_source_before_training(tmp_path, capsys
     assert "unknown gradient source 'sgd'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("optimizer", "source", "reason"),
+    [
+        ("kfac", "forward:2", "runs no backward pass"),
+        ("tract", "zeroth_order:1", "runs no backward pass"),
+        ("saddle_free_newton", "dfa", "true gradient"),
+        ("grad_reg_newton", "forward_activity:1", "true gradient"),
+    ],
+)
+def test_compare_refuses_an_optimizer_that_cannot_take_the_source(
+    tmp_path, capsys, optimizer, source, reason
+):
+    """K-FAC/TrAct read layer hooks that a source without a backward pass never fires; the
+    Newton methods take curvature from the closure's gradients (without the refusal each of
+    these stopped the whole run with an internal error at its first step)."""
+    out = tmp_path / "r"
+    code = main(
+        ["compare", "--plugin", PLUGIN, "--task", "tiny-seq", "-o", f"adamw,{optimizer}"]
+        + ["--source", f"backprop,{source}", "--quiet", "--out", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"--source {source} cannot train with optimizer {optimizer}" in err
+    assert reason in err
+    assert not (out / "studies.db").exists()
+
+
 def test_closure_optimizers_recompute_the_source_at_every_call():
     """SAM calls its closure twice per step; each call recomputes the source's estimate, and the
     cost counts both (backprop's too: one forward and one backward per loss evaluation)."""

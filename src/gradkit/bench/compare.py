@@ -29,7 +29,7 @@ from gradkit.bench.execution.study import run_study
 from gradkit.bench.progress import CompareProgress, format_duration
 from gradkit.bench.protocol.optimizers import DEFAULT_OPTIMIZERS, OptimizerSpec, resolve_optimizers
 from gradkit.bench.protocol.plan import SAMPLERS, SEARCHABLE, StudyPlan, study_name
-from gradkit.bench.protocol.sources import parse_aggregators, parse_sources
+from gradkit.bench.protocol.sources import SourceChoice, parse_aggregators, parse_sources
 from gradkit.bench.tasks import Task, list_tasks
 from gradkit.bench.tasks.registry import DEFAULT_TASKS
 from gradkit.bench.tasks.testfunctions import TEST_FUNCTIONS
@@ -342,9 +342,39 @@ def make_plans(
     return plans
 
 
-def _check_arms(config: CompareConfig, tasks: list[Task], device: torch.device) -> None:
-    """Refuse, before any training, a source or aggregator that cannot run on a task: the
-    message names the task and the reason."""
+#: Sources that run no backward pass through the task model's layers.
+_NO_BACKWARD = ("forward", "forward_activity", "zeroth_order")
+
+
+def _source_conflict(spec: OptimizerSpec, source: SourceChoice) -> str | None:
+    """Why ``spec``'s optimizer cannot train with ``source`` (not backprop), or None."""
+    import gradkit
+    from gradkit.optim._layer_hooks import LayerHookOptimizer
+
+    info = next((i for i in gradkit.list_optimizers() if i.name == spec.name), None)
+    cls = info.cls if info is not None else None
+    if getattr(cls, "curvature_from_closure", False):
+        return (
+            "it forms curvature products from its closure's gradients, which must be the "
+            "loss's true gradient (backprop)"
+        )
+    if cls is not None and issubclass(cls, LayerHookOptimizer) and source.kind in _NO_BACKWARD:
+        return (
+            "it reads its statistics from hooks on the layers' forward and backward passes, "
+            f"and the {source.kind} source runs no backward pass through them"
+        )
+    return None
+
+
+def _check_arms(
+    config: CompareConfig,
+    tasks: list[Task],
+    device: torch.device,
+    specs: list[OptimizerSpec] | None = None,
+) -> None:
+    """Refuse, before any training, a source or aggregator that cannot run on a task, or an
+    optimizer that cannot take a source: the message names the task or optimizer and the
+    reason."""
     from gradkit.bench.execution.arms import ArmError, check_arm
 
     try:
@@ -361,6 +391,13 @@ def _check_arms(config: CompareConfig, tasks: list[Task], device: torch.device) 
             "--diagnose measures the Hessian of the task's loss under backprop; it does not "
             "combine with --source other than backprop nor with multi-task tasks"
         )
+    for source in sources:
+        for spec in [] if source.is_backprop else specs or []:
+            why = _source_conflict(spec, source)
+            if why is not None:
+                raise UsageError(
+                    f"--source {source.name} cannot train with optimizer {spec.name}: {why}"
+                )
     for task in tasks:
         multi = is_multitask(task, device)
         if aggregators and not multi:
@@ -505,7 +542,7 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
     tasks, functions = _split_tasks(config.tasks)
     specs = _resolve_optimizers(config, log)
     device = resolve_device(config.device)
-    _check_arms(config, tasks, device)
+    _check_arms(config, tasks, device, specs)
     out_dir = check_out(config.out) if not config.worker else Path(config.out)
     default_db = out_dir / "studies.db"
     if config.storage is not None:

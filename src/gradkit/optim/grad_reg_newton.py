@@ -60,6 +60,9 @@ class GradRegNewton(RecipeOptimizer):
         flag("adaptive", False),
     )
     requires_closure = True
+    #: Curvature products come from the closure's gradients (autograd or finite differences), so
+    #: the closure must give the loss's true gradient (no other gradient source).
+    curvature_from_closure = True
 
     def recipe(
         self,

@@ -37,6 +37,9 @@ class SaddleFreeNewton(RecipeOptimizer):
     hyperparameters = {"lr": 1.0, "damping": 1e-2}
     options = (integer("krylov_dim", 10, low=1), choice("hvp", "auto", HVP_METHODS))
     requires_closure = True
+    #: Curvature products come from the closure's gradients (autograd or finite differences), so
+    #: the closure must give the loss's true gradient (no other gradient source).
+    curvature_from_closure = True
 
     def recipe(self, *, krylov_dim: int, hvp: str) -> GradientTransformation:
         return chain(ScaleBySaddleFreeNewton(krylov_dim, hvp=hvp), ScaleByLearningRate())
