@@ -81,8 +81,8 @@ def test_torch_amsgrad_checkpoint_resumes_in_amsgrad() -> None:
 
 
 # AdamW's state is exp_avg, exp_avg_sq (and a lazily allocated max_exp_avg_sq): only the
-# optimizers built on the very same buffers may take it.
-SAME_BUFFERS_AS_ADAMW = {"adam", "adamw"}
+# optimizers built on the very same buffers may take it (⊥AdamW is AdamW on projected gradients).
+SAME_BUFFERS_AS_ADAMW = {"adam", "adamw", "perp_adamw"}
 
 
 @pytest.mark.parametrize(

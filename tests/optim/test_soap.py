@@ -15,6 +15,8 @@ is a property of the method, not of either library.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from pytorch_optimizer import SOAP as ReferenceSOAP
@@ -257,3 +259,46 @@ def test_a_step_between_refreshes_costs_three_two_sided_products() -> None:
     assert counts[2:11] == [6] * 9
     assert counts[11] == 6 + 2 + 2
     assert counts[12] == 6
+
+
+def test_a_checkpoint_without_the_projected_moment_resumes() -> None:
+    """gradkit 0.2.0's SOAP kept no ``exp_avg_projected``: such a checkpoint loads (the buffer is
+    rebuilt as ``P(m)`` from the saved bases) and training continues as if uninterrupted."""
+    torch.manual_seed(0)
+    shapes = [(6, 4), (6,), (12, 3)]
+    grads = [[torch.randn(s, dtype=torch.float64) for s in shapes] for _ in range(14)]
+
+    def make():
+        torch.manual_seed(1)
+        ps = [torch.nn.Parameter(torch.randn(s, dtype=torch.float64)) for s in shapes]
+        return ps, SOAP(ps, lr=1e-2, precondition_frequency=3, max_preconditioner_dim=10)
+
+    def run(ps, opt, gs):
+        for g in gs:
+            for p, gi in zip(ps, g):
+                p.grad = gi.clone()
+            opt.step()
+
+    ps, opt = make()
+    run(ps, opt, grads)
+    ps2, opt2 = make()
+    run(ps2, opt2, grads[:8])
+    old = copy.deepcopy(opt2.state_dict())
+    for st in old["state"].values():
+        del st["exp_avg_projected"]
+    ps3, opt3 = make()
+    with torch.no_grad():
+        for p, q in zip(ps3, ps2):
+            p.copy_(q)
+    opt3.load_state_dict(old)
+    for i, st in enumerate(opt3.state[p] for p in ps3):
+        want = opt2.state[ps2[i]]["exp_avg_projected"]
+        torch.testing.assert_close(st["exp_avg_projected"], want, rtol=0, atol=1e-12)
+    run(ps3, opt3, grads[8:])
+    for p, q in zip(ps3, ps):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+    broken = copy.deepcopy(opt2.state_dict())
+    for st in broken["state"].values():
+        del st["exp_avg"]
+    with pytest.raises(ValueError, match="lacks"):
+        make()[1].load_state_dict(broken)

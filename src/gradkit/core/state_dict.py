@@ -126,13 +126,19 @@ def _check_state(optimizer: Any, groups: list[dict[str, Any]], state: dict[str, 
 def check_and_migrate_state_dict(optimizer: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``state_dict`` ready for ``torch.optim.Optimizer.load_state_dict``.
 
-    Positional keys are renamed, torch.optim's implementation switches dropped, recorded
-    construction options compared, and every parameter's state checked against the chain's
+    Positional keys are renamed, buffers that an older version of a transform did not keep
+    are filled in (``fill_missing_state``), torch.optim's implementation switches dropped,
+    recorded construction options compared, and every parameter's state checked against the chain's
     names and shapes; a mismatch raises ValueError.
     """
     if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
         raise ValueError("a state dict has the keys 'state' and 'param_groups'")
     groups = _clean_groups(optimizer, state_dict["param_groups"])
     state = _migrate(optimizer, state_dict["state"])
+    fill = getattr(optimizer.transform, "fill_missing_state", None)
+    if fill is not None:
+        state = {pid: dict(saved) for pid, saved in state.items()}
+        for saved in state.values():
+            fill(saved)
     _check_state(optimizer, groups, state)
     return {**state_dict, "state": state, "param_groups": groups}

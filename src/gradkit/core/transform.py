@@ -140,6 +140,10 @@ class GradientTransformation:
         checkpoints. A plain transform's keys never changed; composites override this."""
         return {name: name for name in self.state_names()}
 
+    # Optional: ``fill_missing_state(saved)`` completes one parameter's saved state (a dict of
+    # this transform's own state names) with buffers that an older version did not keep, computed
+    # from the ones it did, so that older checkpoints load (called by ``load_state_dict``).
+    #
     # Optional fast forms, used by the core to fuse the end of a chain (see Chain.apply):
     #
     # ``update_as_ratio(updates, state, params, ctx) -> (num, den, divisor)``: the same update as
@@ -205,6 +209,19 @@ class Chain(GradientTransformation):
     @property
     def flat_ok(self) -> bool:  # type: ignore[override]
         return all(t.flat_ok for t in self.transforms)
+
+    def fill_missing_state(self, saved: dict[str, Any]) -> None:
+        """Let each transform fill, in one parameter's saved state, the buffers that an older
+        version of it did not keep (``saved`` uses the chain's state names)."""
+        for t, names in zip(self.transforms, self._names):
+            fill = getattr(t, "fill_missing_state", None)
+            if fill is None:
+                continue
+            local = {mine: saved[unique] for mine, unique in names.items() if unique in saved}
+            fill(local)
+            for mine, unique in names.items():
+                if mine in local and unique not in saved:
+                    saved[unique] = local[mine]
 
     @property
     def needs_closure(self) -> bool:  # type: ignore[override]

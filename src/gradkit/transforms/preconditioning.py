@@ -337,6 +337,20 @@ class ScaleBySOAP(GradientTransformation):
             **_factors(params, self.max_dim, self.precondition_1d, "eigenbasis"),
         }
 
+    def fill_missing_state(self, saved: dict[str, Tensor]) -> None:
+        """Checkpoints of gradkit 0.2.0 kept no ``exp_avg_projected``: it is ``P(m)`` with the
+        saved bases (zero-size where both bases are the identity)."""
+        if "exp_avg_projected" in saved or "exp_avg" not in saved:
+            return
+        m = saved["exp_avg"]
+        ql = saved.get("eigenbasis_left", _empty(m.dtype, m.device))
+        qr = saved.get("eigenbasis_right", _empty(m.dtype, m.device))
+        rows, cols, a, b = kronecker_sides(m.shape, self.max_dim, self.precondition_1d)
+        if not (a or b):
+            saved["exp_avg_projected"] = _empty(m.dtype, m.device)
+        else:
+            saved["exp_avg_projected"] = _project(m.reshape(rows, cols), ql, qr).reshape(m.shape)
+
     def update(
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
