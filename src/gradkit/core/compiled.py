@@ -195,20 +195,30 @@ def chain_structure(transform: Chain) -> Hashable:
     return tuple(_structure(t) for t in transform.transforms)
 
 
-#: the step number and every hyperparameter (the ints that encode them) are dynamic from the
-#: first compile, also where tensor sizes are left to automatic dynamic shapes
-_DYNAMIC_SOURCES = r"L\['step'\],L\['hyperparameters'\].*"
+_HAVE_DYNAMIC_SOURCES = hasattr(torch.compiler.config, "dynamic_sources")  # torch >= 2.9
+#: inputs that are symbolic from the first compile: the step, learning rates (every
+#: hyperparameter whose name holds "lr": the ones schedules change, and a scheduler's
+#: ``initial_lr``) and the mantissa of every other float hyperparameter (its power-of-two
+#: divisors stay constants until they change, so that decoding a constant hyperparameter costs
+#: a multiplication in the generated loop, not two divisions)
+_DYNAMIC_SCALARS = (
+    r"L\['step'\],L\['hyperparameters'\]\['[^']*lr[^']*'\],L\['hyperparameters'\].*\[1\]$"
+)
+#: and on the flat path the buffers' lengths
+_DYNAMIC_BUFFERS = r"L\['params'\],L\['grads'\],L\['state'\]"
 
 
 @contextlib.contextmanager
-def compile_settings() -> Iterator[None]:
+def compile_settings(flat: bool = True) -> Iterator[None]:
     """Dynamo settings for calling a compiled step: per-step scalars read through ``.item()``
-    are captured (not a graph break; :class:`_CompiledContext`), and the step and the encoded
-    hyperparameters are symbolic from the first compile (no recompile when they change)."""
+    are captured (not a graph break; :class:`_CompiledContext`), and the step, the lr, the
+    mantissas of the other hyperparameters and (``flat``) the buffer lengths are symbolic from
+    the first compile (no recompile when they change)."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch._dynamo.config.patch(capture_scalar_outputs=True))
-        if hasattr(torch.compiler.config, "dynamic_sources"):  # torch >= 2.9
-            stack.enter_context(torch.compiler.config.patch(dynamic_sources=_DYNAMIC_SOURCES))
+        if _HAVE_DYNAMIC_SOURCES:
+            sources = _DYNAMIC_SCALARS + ("," + _DYNAMIC_BUFFERS if flat else "")
+            stack.enter_context(torch.compiler.config.patch(dynamic_sources=sources))
         yield
 
 
@@ -240,6 +250,7 @@ def shared_group_update(
     key = (chain_structure(transform), dtype, device_type, backend, flat, 1 if flat else length)
     fn = _SHARED.get(key)
     if fn is None:
-        fn = _compile_with_own_cache(group_update, backend, True if flat else None)
+        dynamic = True if flat and not _HAVE_DYNAMIC_SOURCES else None
+        fn = _compile_with_own_cache(group_update, backend, dynamic)
         _SHARED[key] = fn
     return fn

@@ -236,7 +236,7 @@ class ChainOptimizer(Optimizer):
             # (momentum buffers, AMSGrad's max), so the compiled code never sees it change
             if mode == "compiled" and closure is None and fg.stepped:
                 p0 = fg.param_flat
-                with compile_settings():
+                with compile_settings(flat=True):
                     self._compiled_step(p0.dtype, p0.device.type, True)(
                         self.transform, [fg.param_flat], [fg.grad_flat], state,
                         encode_hyperparameters(group), step,
@@ -353,7 +353,7 @@ class ChainOptimizer(Optimizer):
         try:
             if self._use_compiled_group(steps, closure):
                 fn = self._compiled_step(params[0].dtype, params[0].device.type, False, len(params))
-                with compile_settings():
+                with compile_settings(flat=False):
                     fn(
                         self.transform,
                         params,
