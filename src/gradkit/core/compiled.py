@@ -195,7 +195,7 @@ def chain_structure(transform: Chain) -> Hashable:
     return tuple(_structure(t) for t in transform.transforms)
 
 
-_HAVE_DYNAMIC_SOURCES = hasattr(torch.compiler.config, "dynamic_sources")  # torch >= 2.9
+_HAVE_DYNAMIC_SOURCES = hasattr(torch.compiler.config, "dynamic_sources")  # torch 2.13 has it
 #: inputs that are symbolic from the first compile: the step, learning rates (every
 #: hyperparameter whose name holds "lr": the ones schedules change, and a scheduler's
 #: ``initial_lr``) and the mantissa of every other float hyperparameter (its power-of-two
