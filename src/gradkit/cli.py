@@ -112,10 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_csv,
         default=None,
         help="comma-separated gradient sources, each an arm with every optimizer: backprop, "
-        "forward[:K], forward_local, zeroth_order[:K], dfa, forward_forward, noprop (K random "
-        "directions, default 1); the report adds passes per step. Default: backprop only, as "
-        "before. A source that cannot run on a task is refused before training "
-        "(see docs/compare.md)",
+        "forward[:K], forward_local, forward_activity[:K], zeroth_order[:K], dfa, "
+        "forward_forward, noprop, counter_current (K random directions, default 1); the report "
+        "adds passes per step. Default: backprop only, as before. A source that cannot run on "
+        "a task, or with an optimizer, is refused before training (see docs/compare.md)",
     )
     g.add_argument(
         "--aggregator",

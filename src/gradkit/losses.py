@@ -67,6 +67,28 @@ def stablemax_cross_entropy(
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape [N, C], got {tuple(logits.shape)}")
+    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+        raise ValueError(
+            f"target must hold integer class indices (soft labels are not supported), got "
+            f"dtype {target.dtype}"
+        )
+    if target.shape != logits.shape[:1]:
+        raise ValueError(
+            f"target must have shape [N] = {tuple(logits.shape[:1])} for logits of shape "
+            f"{tuple(logits.shape)}, got {tuple(target.shape)}"
+        )
+    # the range check reads the targets on the host: on CPU only (on a GPU it would synchronize
+    # every call; an index out of range there stops at the gather's device-side check)
+    on_cpu = target.device.type == "cpu"
+    if (
+        on_cpu
+        and target.numel()
+        and (int(target.min()) < 0 or int(target.max()) >= logits.shape[1])
+    ):
+        raise ValueError(
+            f"target class indices must lie in [0, {logits.shape[1] - 1}], got "
+            f"[{int(target.min())}, {int(target.max())}]"
+        )
     if dtype is not None:
         logits = logits.to(dtype)
     logp = log_stablemax(logits, dim=-1)

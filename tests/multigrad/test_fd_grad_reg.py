@@ -165,7 +165,13 @@ def test_bad_settings_are_refused() -> None:
         gradkit.create_optimizer(model, "fd_grad_reg", gamma=-1.0)
     with pytest.raises(ValueError, match="scheme"):
         gradkit.create_optimizer(model, "fd_grad_reg", scheme="central")
-    opt = gradkit.create_optimizer(model, "fd_grad_reg", maximize=True)
+    with pytest.raises(ValueError, match="maximize"):  # at construction, not mid-run
+        gradkit.create_optimizer(model, "fd_grad_reg", maximize=True)
+    opt = gradkit.create_optimizer(model, "fd_grad_reg")
+    with pytest.raises(ValueError, match="maximize"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "maximize": True})
+    assert len(opt.param_groups) == 1  # the refused group was not added
+    opt.param_groups[0]["maximize"] = True  # a live setting changed after construction
     x, y = _batch(0)
     with pytest.raises(ValueError, match="maximize"):
         opt.step(_closure(opt, model, x, y))

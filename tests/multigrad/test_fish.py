@@ -76,6 +76,21 @@ def test_fish_backward_with_sgd_is_the_outer_update() -> None:
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
 
 
+def test_params_given_as_an_iterator_select_those_parameters() -> None:
+    """``params=model.parameters()`` (a one-shot iterator) and a subset both work: only the
+    selected parameters take the inner steps and get ``theta - theta_tilde`` in ``.grad``."""
+    model, ref = _model(2), _model(2)
+    domains = _domains(7)
+    fish_backward(model, LOSS, domains, 0.05, params=model.parameters(), order=[0, 1, 2])
+    fish_backward(ref, LOSS, domains, 0.05, order=[0, 1, 2])
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
+    head = _model(2)
+    fish_backward(head, LOSS, domains, 0.05, params=iter(head[2].parameters()), order=[0, 1, 2])
+    assert head[0].weight.grad is None and head[2].weight.grad is not None
+
+
 def _grads(model, domain, create_graph=False):
     x, y = domain
     return torch.autograd.grad(
@@ -166,6 +181,8 @@ def test_fish_state_and_bad_input() -> None:
         fish_inner_loop(model, LOSS, _domains(0), 0.1, order=[0, 0, 1])
     with pytest.raises(ValueError, match="at least one"):
         fish_inner_loop(model, LOSS, [], 0.1)
+    with pytest.raises(ValueError, match="unknown keys"):
+        b.load_state_dict({"generator": saved["generator"], "order": [0, 1, 2]})
 
 
 def test_docstring_examples() -> None:

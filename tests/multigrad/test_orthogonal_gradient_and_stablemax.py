@@ -206,6 +206,13 @@ def test_stablemax_bad_input() -> None:
         stablemax_cross_entropy(torch.zeros(2, 3), torch.zeros(2), reduction="max")
     with pytest.raises(ValueError, match=r"\[N, C\]"):
         stablemax_cross_entropy(torch.zeros(3), torch.zeros(3))
+    logits = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="integer class indices"):  # soft labels, not truncated
+        stablemax_cross_entropy(logits, torch.tensor([0.7, 1.2]))
+    with pytest.raises(ValueError, match=r"shape \[N\]"):
+        stablemax_cross_entropy(logits, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        stablemax_cross_entropy(logits, torch.tensor([0, 3]))
 
 
 def test_docstring_examples() -> None:

@@ -406,14 +406,13 @@ def _check_arms(
                 "one loss (aggregators combine the gradients of a multi-task task's losses; "
                 "see --list-tasks)"
             )
-        for source in sources:
+        for source in sources or [None]:
             for aggregator in aggregators or (["sum"] if multi else [None]):
                 try:
                     check_arm(task, source=source, aggregator=aggregator, device=device)
                 except ArmError as exc:
-                    raise UsageError(
-                        f"--source {source.name} cannot run on task {task.name}: {exc}"
-                    ) from None
+                    what = f"--source {source.name}" if source else f"--aggregator {aggregator}"
+                    raise UsageError(f"{what} cannot run on task {task.name}: {exc}") from None
 
 
 def _kept_trials(storage: Any, plans: list[StudyPlan]) -> dict[str, int]:

@@ -39,11 +39,16 @@ from gradkit.multigrad.aggregators import Aggregator
 __all__ = ["DisruptionMask", "disruption_mask_backward", "disruption_masked_update"]
 
 
-def _flat_norm(tensors: Sequence[Tensor]) -> Tensor:
-    total = torch.zeros((), dtype=torch.float64)
-    for t in tensors:
-        total = total + t.detach().to(device="cpu", dtype=torch.float64).pow(2).sum()
-    return total.sqrt()
+def _flat_norm(tensors: Sequence[Tensor]) -> float:
+    """The norm of all ``tensors`` together, accumulated in float64 on their device (one host
+    synchronization, no copy of the gradients to the host)."""
+    if not tensors:
+        return 0.0
+    squares = [
+        torch.linalg.vector_norm(t.detach(), dtype=torch.float64).square().to(tensors[0].device)
+        for t in tensors
+    ]
+    return float(torch.stack(squares).sum().sqrt())
 
 
 def disruption_masked_update(
@@ -66,7 +71,7 @@ def disruption_masked_update(
             )
     scale = 1.0
     if normalize:
-        norm = float(_flat_norm(unlearn_grads))
+        norm = _flat_norm(unlearn_grads)
         scale = 0.0 if norm == 0.0 else 1.0 / norm
     return [
         torch.where(torch.sign(u) == torch.sign(r), u * scale, torch.zeros_like(u))
@@ -127,8 +132,8 @@ class DisruptionMask(Aggregator):
                 a.mul_(beta).add_(r, alpha=1.0 - beta)
             retain = self.retain_average
         out = disruption_masked_update(unlearn, retain, normalize=self.normalize)
-        kept = sum(int((o != 0).sum()) for o in out)
-        self.last_kept = kept / max(1, sum(o.numel() for o in out))
+        kept = torch.stack([(o != 0).sum().to(out[0].device) for o in out]).sum() if out else 0
+        self.last_kept = int(kept) / max(1, sum(o.numel() for o in out))  # one synchronization
         return out
 
     def state_dict(self) -> dict[str, Any]:

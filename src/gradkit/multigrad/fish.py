@@ -127,6 +127,7 @@ def fish_backward(
     ``theta <- theta + eps (theta_tilde - theta)``; any other optimizer may take the step
     instead. Returns the inner losses (one per domain). Arguments as :func:`fish_inner_loop`.
     """
+    params = None if params is None else list(params)  # read twice below: not an iterator
     tilde, losses = fish_inner_loop(
         model,
         loss_fn,
@@ -214,6 +215,9 @@ class Fish:
         return {} if self.generator is None else {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        unknown = sorted(set(state) - {"generator"})
+        if unknown:
+            raise ValueError(f"not a Fish state dict: unknown keys {unknown}")
         if "generator" in state:
             if self.generator is None:
                 self.generator = torch.Generator()

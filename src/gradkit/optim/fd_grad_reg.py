@@ -36,7 +36,7 @@ class FiniteDifferenceGR(WrapperOptimizer):
         w   <- base_optimizer.step(w, d)             # the weights are w again before the step
 
     i.e. ``d = (1 - gamma/eps) g + (gamma/eps) g'`` forward. The error of ``d`` against
-    ``g + gamma H g`` is ``(gamma eps / 2) D^3L[g, g] + O(eps^2)``: first order in ``eps``, and
+    ``g + gamma H g`` is ``s (gamma eps / 2) D^3L[g, g] + O(eps^2)``: first order in ``eps``, and
     zero for a quadratic loss. With ``eps = gamma`` the forward form is the gradient at the
     ascent point ``w + gamma g``: SAM without SAM's normalization of the ascent step. The paper
     finds the forward form with a fairly large ascent step generalizes best.
@@ -58,6 +58,22 @@ class FiniteDifferenceGR(WrapperOptimizer):
         choice("scheme", "forward", SCHEMES),
     )
 
+    def __init__(self, params: Any, base_optimizer: Any = "sgd", **kwargs: Any) -> None:
+        super().__init__(params, base_optimizer, **kwargs)
+        self._refuse_maximize()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if self.__dict__.get("_base") is not None:  # groups of the constructor: checked after
+            self._refuse_maximize([param_group])
+        super().add_param_group(param_group)
+
+    def _refuse_maximize(self, groups: list[dict[str, Any]] | None = None) -> None:
+        if any(g.get("maximize", False) for g in groups or self.param_groups):
+            raise ValueError(
+                "Invalid maximize: FiniteDifferenceGR takes only maximize=False param groups "
+                "(its finite difference is written for descent)"
+            )
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Evaluate the closure at ``w`` and at ``w + s eps g``, restore ``w``, step the base."""
@@ -66,8 +82,7 @@ class FiniteDifferenceGR(WrapperOptimizer):
                 "FiniteDifferenceGR",
                 "it evaluates the gradient at the weights and at a finite-difference point.",
             )
-        if any(g.get("maximize", False) for g in self.param_groups):
-            raise ValueError("FiniteDifferenceGR does not support maximize=True param groups")
+        self._refuse_maximize()  # maximize is a live group setting: it may have been set since
         loss = self._evaluate(closure)
         params, grads, _ = self._with_grads()
         if not params:

@@ -45,7 +45,9 @@ class ActivityPerturbedForwardGradient(GradientSource):
     the JVP gives the output tangent ``dY_i = J_i u_i``, and ``d_i = (dL/dY)_i . dY_i`` with
     ``dL/dY`` the gradient of ``loss_fn`` with respect to the model output only (no pass
     through the network). This needs examples that do not interact inside the network (no
-    batch norm in training mode).
+    batch norm in training mode) and the same function in every pass: dropout in training mode
+    draws other masks in the first forward and in each JVP, which biases the estimate (use
+    ``model.eval()`` for such layers, or no dropout).
 
     Since ``E[u u^T] = I``, ``E[g_z_i] = dL/dz_i`` and the weight estimate is unbiased. For one
     example, the total variance of the weight estimate is ``(m + 1) ||g_z||^2 ||x~||^2`` with
@@ -160,7 +162,7 @@ class ActivityPerturbedForwardGradient(GradientSource):
     ) -> Tensor:
         """``n`` independent one-direction guesses of ``dL/dz`` for block ``block``'s
         pre-activation ``z``, shape ``(n, *z.shape)``; for studying the estimator. Does not
-        touch ``.grad``; adds ``n`` JVPs and 1 forward to ``cost``."""
+        touch ``.grad``; adds ``n`` JVPs and ``1 + n`` forwards (a JVP runs a forward) to ``cost``."""
         self._check_model(model)
         n = check_positive_int("n", n)
         if isinstance(block, bool) or not isinstance(block, int):

@@ -98,8 +98,12 @@ def perturbed_render_vjp_samples(
 
     Both ``"sum"`` estimators are unbiased for ``grad_output^T J_sigma`` (Stein's identity,
     antithetic form) when an output not listing a parameter in either render does not depend on
-    it (additive compositing; with occlusion, the ID map must list the occluded parameters too):
-    the set dropped for parameter ``i`` is symmetric under ``eps_i -> -eps_i``. The per-output
+    it (additive compositing; with occlusion, the ID map must list the occluded parameters too)
+    and whether an output lists parameter ``i`` depends on ``theta_i``'s own perturbation only:
+    then the set dropped for ``i`` is symmetric under ``eps_i -> -eps_i``. Where another
+    parameter's noise decides it (an occluder that moves), that symmetry fails and the
+    per-output estimator can be biased; the tests check unbiasedness on additive boxes only.
+    The per-output
     sum drops the pixels that do not depend on ``i``, whose noise the global sum carries.
     ``"mean"`` rescales each parameter by its number of outputs (the paper's per-pixel average).
 

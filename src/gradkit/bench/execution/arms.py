@@ -14,8 +14,10 @@ hidden widths and input size plus the classes (the label is concatenated to the 
 predicts by goodness; NoProp takes 10 denoising blocks of the MLP's first hidden width.
 
 Random draws of a source (directions, DFA's feedback matrices, FF's negative labels, NoProp's
-noise, PCGrad's orders) come from a generator seeded with ``40_000 + seed``, so an arm's run is
-a function of its seed, like the batches.
+noise, PCGrad's orders) come from a generator seeded with ``40_000 + seed``; the initial weights
+of what an arm adds (the local heads of ``forward_local``, the counter-current feedback network,
+the own nets of Forward-Forward and NoProp) come from the global generator, which the training
+run seeds with ``seed`` first. So an arm's run is a function of its seed, like the batches.
 """
 
 from __future__ import annotations
@@ -137,6 +139,11 @@ def _aggregator(name: str, model: nn.Module, data: Any, seed: int) -> Any:
     if name == "upgrad":
         return multigrad.UPGrad()
     if name == "gradnorm":
+        if not callable(getattr(data, "last_shared_layer", None)):
+            raise ArmError(
+                "gradnorm balances the task gradients' norms on the last shared layer: the "
+                f"task's data ({type(data).__name__}) must define last_shared_layer(model)"
+            )
         return multigrad.GradNorm(list(data.last_shared_layer(model)))
     raise ArmError(f"unknown aggregator {name!r}")
 

@@ -32,8 +32,8 @@ SOURCES: dict[str, str] = {
     "forward_local": "LocalGuessForwardGradient: local-loss guesses with a linear head per "
     "hidden block (tasks whose model is an nn.Sequential)",
     "forward_activity": "ActivityPerturbedForwardGradient(directions=K, default 1): the "
-    "directional derivatives taken on each linear block's activations, K JVPs per example and "
-    "block (tasks whose model is an nn.Sequential of Linear blocks)",
+    "directional derivatives taken on each linear block's activations, K JVPs per block (one "
+    "JVP covers the batch; tasks whose model is an nn.Sequential of Linear blocks)",
     "counter_current": "CounterCurrent: a mirrored feedback network on the targets, layer-local "
     "pair losses (classification tasks whose model is an nn.Sequential of Linear blocks)",
     "zeroth_order": "ZerothOrder(delta=1e-3, directions=K, default 1): 2K forwards per step "
@@ -76,7 +76,7 @@ AGGREGATORS: dict[str, str] = {
 @dataclass(frozen=True)
 class SourceChoice:
     """One gradient source of a comparison: ``kind`` (a key of :data:`SOURCES`) and, for
-    ``forward`` and ``zeroth_order``, the number of ``directions``."""
+    ``forward``, ``forward_activity`` and ``zeroth_order``, the number of ``directions``."""
 
     kind: str
     directions: int | None = None

@@ -189,8 +189,11 @@ def _passes_per_step(runs: list[RunResult]) -> dict[str, float]:
 
 
 def _task_metrics(runs: list[RunResult]) -> dict[str, tuple[float, float]]:
-    """Mean and 95% CI over the runs of each task's final metric (multi-task tasks)."""
-    names = [k for k in (runs[0].task_metrics if runs else {})]
+    """Mean and 95% CI over the runs of each task's final metric (multi-task tasks).
+
+    A diverged run records no per-task metrics, so these intervals cover the runs that did not
+    diverge (the objective's interval counts a diverged run at the task's worst value)."""
+    names = list(dict.fromkeys(k for r in runs for k in r.task_metrics))
     out = {}
     for name in names:
         values = [r.task_metrics[name] for r in runs if name in r.task_metrics]
