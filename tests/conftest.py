@@ -38,3 +38,20 @@ def _default_dtype_is_restored():
     after = torch.get_default_dtype()
     torch.set_default_dtype(before)
     assert after == before, f"the test left torch's default dtype at {after} (was {before})"
+
+
+def _denormals_flushed() -> bool:
+    """True when torch flushes denormal floats to zero (``torch.set_flush_denormal(True)``),
+    a process-wide mode that torch cannot be asked about directly."""
+    tiny = torch.tensor([1e-310], dtype=torch.float64)
+    return bool((tiny * 1.0)[0] == 0.0)
+
+
+@pytest.fixture(autouse=True)
+def _denormal_mode_is_restored():
+    """A test (or the code it runs) must not leave denormals flushed to zero: later tests'
+    float arithmetic would change (seen: ``gradkit compare`` run in-process left it on)."""
+    yield
+    if _denormals_flushed():
+        torch.set_flush_denormal(False)
+        pytest.fail("the test left torch flushing denormal floats to zero")

@@ -528,6 +528,20 @@ def _stop_workers(procs: list[subprocess.Popen]) -> None:
 
 
 def run_compare(config: CompareConfig, console: Console | None = None) -> Path | None:
+    """Run the comparison described by ``config``; return the report's HTML path (or None).
+
+    Denormal floats are flushed to zero while it runs (diverging runs filled the CPU with
+    denormals, which made one trial 25x slower) and no longer once it returns: the setting is
+    process-wide, and a caller's own computations must not inherit it.
+    """
+    torch.set_flush_denormal(True)
+    try:
+        return _run_compare(config, console)
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _run_compare(config: CompareConfig, console: Console | None = None) -> Path | None:
     """Run the comparison described by ``config``; return the report's HTML path (or None)."""
     console = console or Console(stderr=True)
     quiet = config.quiet or config.worker
@@ -562,9 +576,6 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path |
         # one thread per worker: torch's default (a thread per core) oversubscribes a shared
         # machine, and several single-thread workers use the cores better
         torch.set_num_threads(1)
-    # Diverging runs (e.g. Muon at the top of its lr grid) fill the CPU with denormal floats,
-    # which made one trial 25x slower; flushing them to zero costs no accuracy that matters.
-    torch.set_flush_denormal(True)
     try:
         storage = open_storage(storage_url, retry_for=config.storage_retry) if tasks else None
     except StorageError as exc:
