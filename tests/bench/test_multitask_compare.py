@@ -8,13 +8,12 @@ import json
 
 import pytest
 import torch
-from tiny_arms_task import PLUGIN, TINY_MULTITASK
+from tiny_arms_task import TINY_MULTITASK, compare_tiny
 
 from gradkit.bench.execution.train import train_run
 from gradkit.bench.protocol.optimizers import resolve_optimizers
 from gradkit.bench.protocol.plan import StudyPlan, study_name
 from gradkit.bench.tasks.builtin.mnist1d import MNIST1D_MULTITASK, peak_quarter
-from gradkit.cli import main
 
 CPU = torch.device("cpu")
 ADAMW = resolve_optimizers(["adamw"])[0][0]
@@ -79,31 +78,9 @@ def test_peak_quarter_label_is_the_quarter_holding_the_maximum():
     assert sorted(torch.bincount(data.ys_train[1]).tolist()) == [896, 939, 965, 1200]
 
 
-def _compare(out, *extra):
-    return main(
-        [
-            "compare",
-            "--plugin",
-            PLUGIN,
-            "-o",
-            "adamw",
-            "--trials",
-            "1",
-            "--seeds",
-            "1",
-            "--workers",
-            "1",
-            "--quiet",
-            "--out",
-            str(out),
-            *extra,
-        ]
-    )
-
-
 def test_compare_reports_each_tasks_metric_per_aggregator(tmp_path):
     out = tmp_path / "r"
-    assert _compare(out, "--task", "tiny-multitask", "--aggregator", "sum,pcgrad,upgrad") == 0
+    assert compare_tiny(out, "--task", "tiny-multitask", "--aggregator", "sum,pcgrad,upgrad") == 0
     res = json.loads((out / "results.json").read_text())
     ranking = {s["optimizer"]: s for s in res["tasks"]["tiny-multitask"]["ranking"]}
     assert set(ranking) == {"adamw+sum", "adamw+pcgrad", "adamw+upgrad"}
@@ -117,12 +94,12 @@ def test_compare_reports_each_tasks_metric_per_aggregator(tmp_path):
 
 
 def test_compare_refuses_aggregators_and_sources_where_they_do_not_apply(tmp_path, capsys):
-    assert _compare(tmp_path / "a", "--task", "tiny-seq", "--aggregator", "pcgrad") == 2
+    assert compare_tiny(tmp_path / "a", "--task", "tiny-seq", "--aggregator", "pcgrad") == 2
     err = capsys.readouterr().err
     assert "--aggregator pcgrad cannot run on task tiny-seq: it has one loss" in err
-    assert _compare(tmp_path / "b", "--task", "tiny-multitask", "--source", "forward") == 2
+    assert compare_tiny(tmp_path / "b", "--task", "tiny-multitask", "--source", "forward") == 2
     err = capsys.readouterr().err
     assert "cannot run on task tiny-multitask" in err and "multi-task" in err
-    assert _compare(tmp_path / "c", "--task", "tiny-multitask", "--aggregator", "nash") == 2
+    assert compare_tiny(tmp_path / "c", "--task", "tiny-multitask", "--aggregator", "nash") == 2
     assert "unknown aggregator 'nash'" in capsys.readouterr().err
     assert not any((tmp_path / d / "studies.db").exists() for d in "abc")

@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from tiny_arms_task import PLUGIN, TINY_SEQ
+from tiny_arms_task import PLUGIN, TINY_SEQ, compare_tiny
 from tiny_task import TINY
 
 from gradkit.bench.execution.arms import ArmError, check_arm
@@ -141,27 +141,7 @@ def test_backprop_arm_keeps_the_study_of_a_run_without_sources():
 
 
 def _compare(out, *extra):
-    return main(
-        [
-            "compare",
-            "--plugin",
-            PLUGIN,
-            "--task",
-            "tiny-seq",
-            "-o",
-            "adamw",
-            "--trials",
-            "1",
-            "--seeds",
-            "1",
-            "--workers",
-            "1",
-            "--quiet",
-            "--out",
-            str(out),
-            *extra,
-        ]
-    )
+    return compare_tiny(out, "--task", "tiny-seq", *extra)
 
 
 def test_compare_with_sources_reports_passes_and_resumes(tmp_path, capsys):

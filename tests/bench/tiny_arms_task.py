@@ -75,3 +75,12 @@ TINY_MULTITASK = register_task(
     ),
     replace=True,
 )
+
+
+def compare_tiny(out, *extra: str) -> int:
+    """``gradkit compare`` in this process on this plugin's tasks: AdamW, one trial of one seed,
+    one worker, quiet, writing to ``out``; ``extra`` adds the task and the arms."""
+    from gradkit.cli import main
+
+    args = ["compare", "--plugin", PLUGIN, "-o", "adamw", "--trials", "1", "--seeds", "1"]
+    return main([*args, "--workers", "1", "--quiet", "--out", str(out), *extra])

@@ -348,17 +348,16 @@ _NO_BACKWARD = ("forward", "forward_activity", "zeroth_order")
 
 def _source_conflict(spec: OptimizerSpec, source: SourceChoice) -> str | None:
     """Why ``spec``'s optimizer cannot train with ``source`` (not backprop), or None."""
-    import gradkit
     from gradkit.optim._layer_hooks import LayerHookOptimizer
+    from gradkit.optim.registry import get_info
 
-    info = next((i for i in gradkit.list_optimizers() if i.name == spec.name), None)
-    cls = info.cls if info is not None else None
+    cls = get_info(spec.name).cls
     if getattr(cls, "curvature_from_closure", False):
         return (
             "it forms curvature products from its closure's gradients, which must be the "
             "loss's true gradient (backprop)"
         )
-    if cls is not None and issubclass(cls, LayerHookOptimizer) and source.kind in _NO_BACKWARD:
+    if issubclass(cls, LayerHookOptimizer) and source.kind in _NO_BACKWARD:
         return (
             "it reads its statistics from hooks on the layers' forward and backward passes, "
             f"and the {source.kind} source runs no backward pass through them"

@@ -117,6 +117,17 @@ class _Goodness(nn.Module):
         return self._source.goodness(x)
 
 
+def _for_model(task: Task, source: SourceChoice, build: Callable[[], Any]) -> Any:
+    """``build()``, a source (or its blocks) made for the task's model; the ValueError of a
+    model it cannot take becomes an :class:`ArmError` naming the source and the task."""
+    try:
+        return build()
+    except ValueError as exc:
+        raise ArmError(
+            f"the {source.name} source cannot train {task.name}'s model: {exc}"
+        ) from None
+
+
 def _cost(source: Any) -> Callable[[], dict[str, int]]:
     def passes() -> dict[str, int]:
         c = source.cost
@@ -211,15 +222,12 @@ def build_arm(
         return Arm(model, model, lambda b: src.compute(model, loss_fn, b), _cost(src))
     if kind in ("dfa", "forward_local"):
         loss_fn = _loss_fn(task, data, source.name)
-        try:
-            if kind == "dfa":
-                src = sources.DirectFeedbackAlignment(model, generator=cpu_gen)
-                return Arm(model, model, lambda b: src.compute(model, loss_fn, b), _cost(src))
-            blocks = sources.dfa_blocks(model)
-        except ValueError as exc:
-            raise ArmError(
-                f"the {source.name} source cannot train {task.name}'s model: {exc}"
-            ) from None
+        if kind == "dfa":
+            src = _for_model(
+                task, source, lambda: sources.DirectFeedbackAlignment(model, generator=cpu_gen)
+            )
+            return Arm(model, model, lambda b: src.compute(model, loss_fn, b), _cost(src))
+        blocks = _for_model(task, source, lambda: sources.dfa_blocks(model))
         with torch.no_grad():
             x, _ = data.sample_batch(torch.Generator().manual_seed(0), 2)
             outs = []
@@ -239,17 +247,16 @@ def build_arm(
         loss_fn = _loss_fn(task, data, source.name)
         if kind == "counter_current":
             _classes(task, data, mlp_linears(model), source.name)
-        try:
-            if kind == "forward_activity":
-                src = sources.ActivityPerturbedForwardGradient(
+        if kind == "forward_activity":
+            src = _for_model(
+                task,
+                source,
+                lambda: sources.ActivityPerturbedForwardGradient(
                     model, source.directions or 1, generator=dev_gen
-                )
-                return Arm(model, model, lambda b: src.compute(model, loss_fn, b), _cost(src))
-            src = sources.CounterCurrent(model)
-        except ValueError as exc:
-            raise ArmError(
-                f"the {source.name} source cannot train {task.name}'s model: {exc}"
-            ) from None
+                ),
+            )
+            return Arm(model, model, lambda b: src.compute(model, loss_fn, b), _cost(src))
+        src = _for_model(task, source, lambda: sources.CounterCurrent(model))
         trained = nn.ModuleList([model, src.feedback])  # the feedback network learns too
         return Arm(trained, model, lambda b: src.compute(model, loss_fn, b), _cost(src))
     linears = mlp_linears(model)
