@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from gradkit.core.hyperparams import Hyperparameter
+from gradkit.core.segments import Segments
 from gradkit.core.transform import Chain, GradientTransformation, StepContext
 
 __all__ = ["encode_hyperparameters", "group_update", "make_compiled_group_update"]
@@ -129,18 +130,21 @@ def group_update(
     state: dict[str, list[Tensor]],
     hyperparameters: dict[str, Any],
     step: int,
+    segments: Segments | None = None,
     optimizer: Any = None,
 ) -> None:
     """Run ``transform`` on the group's tensor lists and add the steps to ``params`` in place.
 
-    ``hyperparameters`` are encoded by :func:`encode_hyperparameters`. The optimizers' compiled
+    ``hyperparameters`` are encoded by :func:`encode_hyperparameters`; ``segments`` gives the
+    tensor boundaries of flat buffers to chains that reduce per tensor. The optimizers' compiled
     steps pass no ``optimizer`` (``ctx.optimizer`` is None): the compiled code would be guarded
     on the optimizer's identity and could not be shared.
     """
     group = {k: _decode(v) for k, v in hyperparameters.items()}
     ctx = _CompiledContext(
-        group=group, steps=[step] * len(params), grads=grads, optimizer=optimizer
-    )
+        group=group, steps=[step] * len(params), grads=grads, optimizer=optimizer,
+        segments=segments,
+    )  # fmt: skip
     transform.apply(params, grads, state, ctx)
 
 
@@ -204,8 +208,8 @@ _HAVE_DYNAMIC_SOURCES = hasattr(torch.compiler.config, "dynamic_sources")  # tor
 _DYNAMIC_SCALARS = (
     r"L\['step'\],L\['hyperparameters'\]\['[^']*lr[^']*'\],L\['hyperparameters'\].*\[1\]$"
 )
-#: and on the flat path the buffers' lengths
-_DYNAMIC_BUFFERS = r"L\['params'\],L\['grads'\],L\['state'\]"
+#: and on the flat path the buffers' lengths, and the number of tensors and rows of the segments
+_DYNAMIC_BUFFERS = r"L\['params'\],L\['grads'\],L\['state'\],L\['segments'\]"
 
 
 @contextlib.contextmanager

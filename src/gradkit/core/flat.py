@@ -3,7 +3,9 @@
 When every transform of a chain is ``flat_ok`` (its result on one flat concatenation of the
 group's tensors equals the per-tensor result), the optimizer can keep the parameters, gradients
 and every state tensor of a param group as *views* into one flat buffer each, and run the chain
-on one-element lists ``[flat]``. Under ``torch.compile`` (:mod:`gradkit.core.compiled`) the whole
+on one-element lists ``[flat]``. Rules that reduce per tensor read the tensor boundaries from
+``ctx.segments`` (:class:`gradkit.core.segments.Segments`, made here when the chain asks for
+it); their per-tensor state (one value per tensor) is one buffer with one element per tensor. Under ``torch.compile`` (:mod:`gradkit.core.compiled`) the whole
 chain, plus the final ``p += step``, becomes one generated kernel: one pass over memory, which is
 the floor for elementwise optimizer math.
 """
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradkit.core.segments import Segments
 from gradkit.core.transform import Chain, StepContext
 
 __all__ = ["FlatGroup", "flat_update"]
@@ -31,11 +34,13 @@ def flat_update(
     optimizer: Any = None,
     closure: Callable[[], Any] | None = None,
     loss: Any = None,
+    segments: Segments | None = None,
 ) -> None:
     """Run ``transform`` eagerly on one flat buffer and add the step to ``param`` in place."""
     ctx = StepContext(
-        group=group, steps=[step], grads=[grad], closure=closure, loss=loss, optimizer=optimizer
-    )
+        group=group, steps=[step], grads=[grad], closure=closure, loss=loss, optimizer=optimizer,
+        segments=segments,
+    )  # fmt: skip
     transform.apply([param], [grad], state, ctx)
 
 
@@ -70,6 +75,10 @@ class FlatGroup:
         #: every parameter's ``state[p]["step"]`` is a 0-d view into this one tensor, so that
         #: counting a step is one op instead of one per parameter
         self.step_flat: Tensor = torch.empty(0)
+        #: tensor boundaries, for chains that reduce per tensor (None for elementwise chains)
+        self.segments: Segments | None = None
+        #: state names holding one value per tensor (a buffer of ``len(params)`` elements)
+        self.per_tensor: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------ building
     @staticmethod
@@ -97,6 +106,7 @@ class FlatGroup:
         if not cls.eligible(params):
             return None
         fg = cls(group, params)
+        fg.per_tensor = frozenset(optimizer.transform.per_tensor_state)
         states = [optimizer.state[p] for p in params]
         have = [bool(st) for st in states]
         if any(have) and not all(have):
@@ -107,7 +117,10 @@ class FlatGroup:
             if len(steps) != 1 or any([k for k in st if k != "step"] != keys for st in states):
                 return None
             for k in keys:
-                sizes = {st[k].numel() == p.numel() for st, p in zip(states, params)}
+                sizes = {
+                    st[k].numel() == (1 if k in fg.per_tensor else p.numel())
+                    for st, p in zip(states, params)
+                }
                 empty = all(st[k].numel() == 0 for st in states)
                 if not (sizes == {True} or empty):
                     return None
@@ -124,16 +137,26 @@ class FlatGroup:
                 p.grad = fg.grad_flat[off : off + n].view_as(p)
         fg._param_ptrs = [p.data_ptr() for p in params]
         fg._grad_views = [p.grad for p in params]
+        kind = optimizer.transform.segments
+        if kind is not None:
+            fg.segments = Segments(
+                [p.shape for p in params], p0.device, p0.dtype, rows=kind == "rows"
+            )
         if fg.step is None:  # fresh state, made on the flat buffer
             fresh = optimizer.transform.init([fg.param_flat])
             for k, v in fresh.items():
-                fg.state_flat[k] = v[0]
+                value = v[0]
+                if k in fg.per_tensor and value.numel() == 1:  # one value per tensor
+                    value = value.reshape(1).repeat(len(params))
+                fg.state_flat[k] = value
             fg.step = 0
             for k, flat in fg.state_flat.items():
-                for p, off, n in zip(params, fg.offsets, fg.numels):
+                for i, (p, off, n) in enumerate(zip(params, fg.offsets, fg.numels)):
                     optimizer.state[p][k] = (
                         torch.empty(0, dtype=flat.dtype, device=flat.device)
                         if flat.numel() == 0
+                        else flat[i]
+                        if k in fg.per_tensor
                         else flat[off : off + n].view_as(p)
                     )
         else:
@@ -153,6 +176,18 @@ class FlatGroup:
         for k, flat in self.state_flat.items():
             n = flat.numel()
             if n == 0:
+                continue
+            if k in self.per_tensor:
+                if n != len(self.params):
+                    raise RuntimeError(
+                        f"per-tensor state {k!r} of {optimizer.transform!r} has {n} elements for "
+                        f"{len(self.params)} tensors; pass fused=False"
+                    )
+                sig = (flat.data_ptr(), n)
+                if self._viewed.get(k) != sig:
+                    for i, p in enumerate(self.params):
+                        optimizer.state[p][k] = flat[i]
+                    self._viewed[k] = sig
                 continue
             if n != self.total:
                 raise RuntimeError(

@@ -239,13 +239,13 @@ class ChainOptimizer(Optimizer):
                 with compile_settings(flat=True):
                     self._compiled_step(p0.dtype, p0.device.type, True)(
                         self.transform, [fg.param_flat], [fg.grad_flat], state,
-                        encode_hyperparameters(group), step,
+                        encode_hyperparameters(group), step, fg.segments,
                     )  # fmt: skip
             else:
                 hp = {k: v for k, v in group.items() if k != "params"}
                 flat_update(
                     self.transform, fg.param_flat, fg.grad_flat, state, hp, step, self, closure,
-                    loss,
+                    loss, fg.segments,
                 )  # fmt: skip
         except SkipStep:
             return True

@@ -18,7 +18,12 @@ change them in place. The last transform of an optimizer's chain returns the fin
 
 A transform that gives the same result on one flat concatenation of all tensors of a group as on
 the separate tensors (elementwise math, or reductions over the whole group such as a global norm)
-sets ``flat_ok = True``; the fused fast path relies on it.
+sets ``flat_ok = True``; the fused fast path relies on it. A rule that reduces per tensor or per
+row can still be ``flat_ok``: it sets ``segments = "tensors"`` (or ``"rows"``) and, when
+``ctx.segments`` is not None (it runs on a flat buffer), computes its per-tensor values with the
+segmented reductions of :class:`gradkit.core.segments.Segments`. State that holds one value per
+tensor (not per element) is named in ``per_tensor_state``; on a flat buffer it is one tensor of
+one value per tensor.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch
 from torch import Tensor
 
 from gradkit.core.hyperparams import Hyperparameter
+from gradkit.core.segments import Segments
 
 __all__ = ["GradientTransformation", "StepContext", "Chain", "chain", "SkipStep"]
 
@@ -57,6 +63,8 @@ class StepContext:
         closure: the user's closure (re-evaluates loss and gradients), or None.
         loss: the loss returned by the closure at the current parameters, or None.
         optimizer: the optimizer that runs the chain.
+        segments: on the flat path, where each tensor lies in the flat buffers (for per-tensor
+            reductions, :class:`gradkit.core.segments.Segments`); None on the per-tensor path.
     """
 
     group: Mapping[str, Any]
@@ -65,6 +73,7 @@ class StepContext:
     closure: Callable[[], Any] | None = None
     loss: Tensor | float | None = None
     optimizer: Any = None
+    segments: Segments | None = None
 
     @property
     def step(self) -> int:
@@ -114,6 +123,11 @@ class GradientTransformation:
     #: True if ``update`` returns ``updates`` unchanged (it acts on params or state only, like
     #: decoupled weight decay); the core may then hand it a ratio still to be formed (below)
     passes_updates_through: ClassVar[bool] = False
+    #: None for elementwise rules; ``"tensors"`` / ``"rows"`` for a ``flat_ok`` rule that reduces
+    #: per tensor / per row and, on a flat buffer, reads the boundaries from ``ctx.segments``
+    segments: ClassVar[str | None] = None
+    #: state names (keys of ``init``) that hold one value per tensor, a 0-d tensor each
+    per_tensor_state: ClassVar[tuple[str, ...]] = ()
 
     def init(self, params: TensorList) -> State:
         return {}
@@ -226,6 +240,19 @@ class Chain(GradientTransformation):
     @property
     def needs_closure(self) -> bool:  # type: ignore[override]
         return any(t.needs_closure for t in self.transforms)
+
+    @property
+    def segments(self) -> str | None:  # type: ignore[override]
+        """``"rows"`` if a transform reduces per row, else ``"tensors"`` if one reduces per
+        tensor, else None."""
+        kinds = {t.segments for t in self.transforms}
+        return "rows" if "rows" in kinds else "tensors" if "tensors" in kinds else None
+
+    @property
+    def per_tensor_state(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(
+            names[k] for t, names in zip(self.transforms, self._names) for k in t.per_tensor_state
+        )
 
     @property
     def complex_ok(self) -> bool:  # type: ignore[override]

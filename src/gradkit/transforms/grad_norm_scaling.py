@@ -24,14 +24,15 @@ class AdaptiveGradNormScaling(GradientTransformation):
 
     ``s_t`` is 1, or with ``t_max`` set the cosine decay from 1 to ``eta_min`` over ``t_max``
     steps that Stable-SPAM also applies to Adam's beta1. Two scalars of state per tensor. A
-    tensor whose gradient is exactly zero stays zero. Per-tensor reduction, so ``flat_ok`` is
-    False.
+    tensor whose gradient is exactly zero stays zero. Per-tensor norms: on a flat buffer one
+    segmented reduction over all tensors (``ctx.segments``), each state one value per tensor.
 
     Huang et al., "Stable-SPAM: How to Train in 4-Bit More Stably than 16-Bit Adam",
     arXiv 2502.17055.
     """
 
-    flat_ok = False
+    segments = "tensors"
+    per_tensor_state = ("norm_avg", "norm_sq_avg")
     hyperparameters = (
         interval("gamma1", 0.7, 0.0, 1.0, high_open=True),
         interval("gamma2", 0.9, 0.0, 1.0, high_open=True),
@@ -52,6 +53,8 @@ class AdaptiveGradNormScaling(GradientTransformation):
         group = ctx.group
         g1 = group["gamma1"] * cosine_decay_factor(ctx.step, group["t_max"], group["eta_min"])
         g2 = group["gamma2"]
+        if ctx.segments is not None:
+            return self._update_flat(updates[0], state, ctx, g1, g2)
         norms = torch._foreach_norm(updates)
         m, v = state["norm_avg"], state["norm_sq_avg"]
         torch._foreach_lerp_(m, norms, 1.0 - g1)
@@ -67,3 +70,20 @@ class AdaptiveGradNormScaling(GradientTransformation):
             scale = torch.where(n > 0, c / n, torch.zeros_like(c))
             out.append(u * scale)
         return ctx.owned(out)
+
+    @staticmethod
+    def _update_flat(
+        u: torch.Tensor, state: State, ctx: StepContext, g1: float, g2: float
+    ) -> TensorList:
+        """The rule on one flat buffer: per-tensor norms by one segmented reduction."""
+        seg = ctx.segments
+        assert seg is not None
+        m, v = state["norm_avg"][0], state["norm_sq_avg"][0]
+        norms = seg.tensor_norm(u)
+        m.lerp_(norms, 1.0 - g1)
+        v.mul_(g2).addcmul_(norms, norms, value=1.0 - g2)
+        target = m / ctx.per_step(lambda t: 1.0 - g1**t)
+        denom = v.sqrt() / ctx.per_step(lambda t: math.sqrt(1.0 - g2**t)) + ctx.group["eps"]
+        target = target / denom
+        scale = torch.where(norms > 0, target / norms, torch.zeros_like(target))
+        return ctx.owned([u * seg.expand(scale)])

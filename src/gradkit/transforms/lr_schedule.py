@@ -99,6 +99,14 @@ class WithScheduledLR(GradientTransformation):
     def needs_closure(self) -> bool:  # type: ignore[override]
         return self.inner.needs_closure
 
+    @property
+    def segments(self) -> str | None:  # type: ignore[override]
+        return self.inner.segments
+
+    @property
+    def per_tensor_state(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.inner.per_tensor_state
+
     def specs(self) -> dict[str, Hyperparameter]:
         out = dict(self.inner.specs())
         out.update({h.name: h for h in self.schedule.hyperparameters})

@@ -18,13 +18,14 @@ class MarsCorrection(GradientTransformation):
     (``g_prev = g``, as ``x_1 = x_0`` in the paper's algorithm). Then, per tensor,
     ``c <- c * max_correction_norm / ||c||`` when ``||c|| > max_correction_norm`` (None
     disables). ``b1`` is ``betas[0]``, the momentum decay of the optimizer that follows.
-    One buffer of state (the previous gradient). Per-tensor norm, so ``flat_ok`` is False.
+    One buffer of state (the previous gradient). Per-tensor norms: on a flat buffer one
+    segmented reduction over all tensors (``ctx.segments``).
 
     Yuan, Liu, Wu, Zhou & Gu, "MARS: Unleashing the Power of Variance Reduction for Training
     Large Models", arXiv 2411.10438.
     """
 
-    flat_ok = False
+    segments = "tensors"
     hyperparameters = (
         interval("gamma", 0.025, 0.0),
         interval("max_correction_norm", 1.0, 0.0, low_open=True, allow_none=True),
@@ -47,7 +48,11 @@ class MarsCorrection(GradientTransformation):
         torch._foreach_add_(out, updates)
         torch._foreach_copy_(prev, updates)
         max_norm = ctx.group["max_correction_norm"]
-        if max_norm is not None:
+        if max_norm is not None and ctx.segments is not None:
+            seg = ctx.segments
+            factors = torch.clamp(max_norm / seg.tensor_norm(out[0]), max=1.0)
+            out[0].mul_(seg.expand(factors))
+        elif max_norm is not None:
             norms = torch._foreach_norm(out)
             factors = [torch.clamp(max_norm / n, max=1.0) for n in norms]
             torch._foreach_mul_(out, factors)

@@ -17,13 +17,15 @@ class ScaleByNovoGrad(GradientTransformation):
     ``v_l <- b2 v_l + (1-b2) ||g_l||^2`` (one scalar per tensor);
     ``u_l = g_l / (sqrt(v_l) + eps) + wd * w_l``; ``m_l <- b1 m_l + u_l`` (``m_l = u_l`` at the
     first step). Output ``m``. The weight decay is applied to the normalized gradient, as in the
-    paper. Per-tensor reduction (``flat_ok = False``).
+    paper. Per-tensor norms: on a flat buffer one segmented reduction over all tensors
+    (``ctx.segments``), and ``exp_avg_sq`` one buffer with one value per tensor.
 
     Ginsburg et al., "Stochastic Gradient Methods with Layer-wise Adaptive Moments for Training
     of Deep Networks", arXiv 1905.11286.
     """
 
-    flat_ok = False
+    segments = "tensors"
+    per_tensor_state = ("exp_avg_sq",)
     hyperparameters = (
         betas("betas", (0.95, 0.98)),
         interval("eps", 1e-8, 0.0, low_open=True),
@@ -43,6 +45,8 @@ class ScaleByNovoGrad(GradientTransformation):
         beta1, beta2 = ctx.group["betas"]
         wd = ctx.group["weight_decay"]
         m, v = state["exp_avg"], state["exp_avg_sq"]
+        if ctx.segments is not None:
+            return self._update_flat(updates[0], m[0], v[0], params[0], ctx)
         norms = torch._foreach_norm(updates)
         sq = torch._foreach_mul(norms, norms)
         first = [i for i, t in enumerate(ctx.steps) if t == 1]
@@ -63,3 +67,28 @@ class ScaleByNovoGrad(GradientTransformation):
             torch._foreach_mul_(m_rest, beta1)
             torch._foreach_add_(m_rest, [normalized[i] for i in rest])
         return m  # state buffer: later transforms copy before changing it
+
+    @staticmethod
+    def _update_flat(
+        g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, p: torch.Tensor, ctx: StepContext
+    ) -> TensorList:
+        """The rule on one flat buffer (every tensor on the same step): ``v`` holds one value
+        per tensor; the layer norms are one segmented reduction."""
+        seg = ctx.segments
+        assert seg is not None
+        beta1, beta2 = ctx.group["betas"]
+        wd = ctx.group["weight_decay"]
+        sq = seg.tensor_sum(g * g)
+        first = ctx.step == 1
+        if first:
+            v.copy_(sq)
+        else:
+            v.lerp_(sq, 1 - beta2)
+        normalized = g / seg.expand(v.sqrt() + ctx.group["eps"])
+        if wd != 0:
+            normalized.add_(p, alpha=wd)
+        if first:
+            m.copy_(normalized)
+        else:
+            m.mul_(beta1).add_(normalized)
+        return [m]

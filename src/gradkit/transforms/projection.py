@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch.nn.functional import cosine_similarity
 
 from gradkit.core.hyperparams import interval
+from gradkit.core.segments import Segments
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
 
 __all__ = ["ProjectRadial"]
@@ -28,13 +31,15 @@ class ProjectRadial(GradientTransformation):
     its weight decay is multiplied by ``wd_ratio``. Then (decoupled) ``w <- (1 - lr * wd * r) w``
     with ``r`` = 1 or ``wd_ratio``, divided by ``1 - momentum`` when ``momentum_key`` is given
     (SGDP). ``g`` is the raw gradient of the step. Vectors and scalars are never projected.
-    Per-tensor reductions (``flat_ok = False``); no host synchronization.
+    No host synchronization. On the per-tensor path a loop over the tensors; on a flat buffer
+    the same rule with segmented reductions over all rows and tensors at once (``ctx.segments``;
+    a fixed number of operations for any number of tensors).
 
     Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
     Weights", arXiv 2006.08217.
     """
 
-    flat_ok = False
+    segments = "rows"
     hyperparameters = (
         interval("delta", 0.1, 0.0, low_open=True),
         interval("wd_ratio", 0.1, 0.0, 1.0),
@@ -55,6 +60,9 @@ class ProjectRadial(GradientTransformation):
         if self.momentum_key is not None:
             decay /= 1.0 - group[self.momentum_key]
         out = ctx.writable(updates)
+        if ctx.segments is not None:
+            self._project_flat(out[0], params[0], ctx.grads[0], ctx.segments, group, decay)
+            return out
         for p, g, u in zip(params, ctx.grads, out):
             if p.dim() <= 1 or p.numel() == 0:
                 if decay != 0:
@@ -78,6 +86,36 @@ class ProjectRadial(GradientTransformation):
                 ratio = torch.where(invariant, wd_ratio, 1.0).to(p.dtype)
                 p.mul_(1.0 - decay * ratio)
         return out
+
+    @staticmethod
+    def _project_flat(
+        u: torch.Tensor,
+        p: torch.Tensor,
+        g: torch.Tensor,
+        seg: Segments,
+        group: Mapping[str, Any],
+        decay: float,
+    ) -> None:
+        """The rule of :meth:`update` on one flat buffer: per-row dot products and norms by
+        segmented reductions, the choice per tensor, then one in-place pass over ``u``."""
+        delta, wd_ratio, eps = group["delta"], group["wd_ratio"], group["eps"]
+        pg, pp, gg = seg.row_sum(p * g), seg.row_sum(p * p), seg.row_sum(g * g)
+        p_norm_r, g_norm_r = pp.sqrt(), gg.sqrt()
+        cos_r = pg.abs() / (g_norm_r.clamp_min(eps) * p_norm_r.clamp_min(eps))
+        p_norm_t, g_norm_t = seg.sum_rows(pp).sqrt(), seg.sum_rows(gg).sqrt()
+        cos_t = seg.sum_rows(pg).abs() / (g_norm_t.clamp_min(eps) * p_norm_t.clamp_min(eps))
+        by_rows = seg.max_rows(cos_r) < delta / seg.row_size.sqrt()
+        invariant = seg.is_matrix & (by_rows | (cos_t < delta / seg.numel.sqrt()))
+        # radial coefficient per row: <w_hat, u> / (||w|| + eps), over the row or the tensor
+        pu = seg.row_sum(p * u)
+        rows_by_rows = seg.to_rows(by_rows)
+        norm_r = torch.where(rows_by_rows, p_norm_r, seg.to_rows(p_norm_t)) + eps
+        radial_r = torch.where(rows_by_rows, pu, seg.to_rows(seg.sum_rows(pu))) / norm_r
+        coef_r = torch.where(seg.to_rows(invariant), radial_r / norm_r, 0.0)
+        u.addcmul_(p, seg.expand_rows(coef_r), value=-1.0)
+        if decay != 0:
+            ratio = torch.where(invariant, wd_ratio, 1.0).to(p.dtype)
+            p.mul_(seg.expand(1.0 - decay * ratio))
 
     def __repr__(self) -> str:
         return f"ProjectRadial(momentum_key={self.momentum_key!r})"

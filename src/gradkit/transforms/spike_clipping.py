@@ -20,13 +20,15 @@ class AdaptiveSpikeClipping(GradientTransformation):
 
     so spiking entries keep their sign and are rescaled to at most the running maximum ``T``
     (bias-corrected EMA of past per-tensor maxima). One scalar of state per tensor.
-    Hyperparameter ``theta`` in [0, 1). Per-tensor reduction, so ``flat_ok`` is False.
+    Hyperparameter ``theta`` in [0, 1). Per-tensor maxima: on a flat buffer one segmented
+    reduction over all tensors (``ctx.segments``), the state one value per tensor.
 
     Huang, Hu, Jaiswal, Wang, Yin, Liu, Yan & Liu, "Stable-SPAM: How to Train in 4-Bit More
     Stably than 16-Bit Adam", arXiv 2502.17055.
     """
 
-    flat_ok = False
+    segments = "tensors"
+    per_tensor_state = ("max_avg",)
     hyperparameters = (interval("theta", 0.999, 0.0, 1.0, high_open=True),)
 
     def init(self, params: TensorList) -> State:
@@ -36,6 +38,13 @@ class AdaptiveSpikeClipping(GradientTransformation):
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
         theta = ctx.group["theta"]
+        if ctx.segments is not None:
+            seg, u, avg = ctx.segments, updates[0], state["max_avg"][0]
+            mx = seg.tensor_abs_max(u)
+            avg.lerp_(mx, 1.0 - theta)
+            thr = avg / ctx.per_step(lambda t: 1.0 - theta**t)
+            thr_e, mx_e = seg.expand(thr), seg.expand(mx)
+            return ctx.owned([torch.where(u.abs() > thr_e, u * (thr_e / mx_e), u)])
         maxes = torch._foreach_norm(updates, float("inf"))
         avg = state["max_avg"]
         torch._foreach_lerp_(avg, maxes, 1.0 - theta)
