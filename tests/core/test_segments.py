@@ -97,10 +97,14 @@ def _max_diff(a: nn.Module, b: nn.Module) -> float:
     return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
 
 
+@pytest.mark.parametrize("form", ["segmented", "views"])
 @pytest.mark.parametrize("name", SEGMENTED)
-def test_flat_path_equals_per_tensor_path(name: str) -> None:
-    """100 steps in float64 on the flat buffers (segmented reductions) and on the per-tensor
-    path: the same trajectory to rounding (the reductions sum in another order)."""
+def test_flat_path_equals_per_tensor_path(name: str, form: str, monkeypatch) -> None:
+    """100 steps in float64 on the flat buffers and on the per-tensor path: the same trajectory
+    to rounding (the reductions sum in another order). Both forms of the flat path: the
+    segmented reductions (compiled code and GPUs) and the per-tensor form on views of the flat
+    buffers (eager on a CPU)."""
+    monkeypatch.setattr(Segments, "use_views", lambda self, x: form == "views")
     runs = []
     for fused in (False, "flat"):
         model = _model().double()

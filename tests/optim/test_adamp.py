@@ -109,8 +109,10 @@ def test_keeps_scale_invariant_norm_from_growing() -> None:
     assert adamp_loss < 1.1 * adam_loss  # same effective direction: training is not hurt
 
 
-def test_flat_ok_is_false() -> None:
-    assert not AdamP([torch.zeros(2, 2, requires_grad=True)]).transform.flat_ok
+def test_runs_on_flat_buffers_with_row_segments() -> None:
+    """The projection reduces per row, so the flat path hands it row boundaries."""
+    transform = AdamP([torch.zeros(2, 2, requires_grad=True)]).transform
+    assert transform.flat_ok and transform.segments == "rows"
 
 
 def test_resume_bit_exact() -> None:

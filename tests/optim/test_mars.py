@@ -122,6 +122,7 @@ def test_registry_entry():
     assert (info.arxiv_id, info.cls) == ("2411.10438", MARS)
 
 
-def test_flat_ok():
+def test_runs_on_flat_buffers_with_tensor_segments():
+    """Per-tensor norm of the correction: the flat path hands the rule the tensor boundaries."""
     opt = MARS([torch.zeros(3, 2, requires_grad=True)])
-    assert opt.transform.flat_ok is False  # per-tensor norm of the correction
+    assert opt.transform.flat_ok is True and opt.transform.segments == "tensors"

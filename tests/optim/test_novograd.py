@@ -84,9 +84,11 @@ def test_float32() -> None:
     check_float32(novograd, paper_novograd(LR, *BETAS, 1e-8, WD))
 
 
-def test_second_moment_is_one_scalar_per_layer() -> None:
+@pytest.mark.parametrize("fused", [False, "flat"])
+def test_second_moment_is_one_scalar_per_layer(fused) -> None:
+    """On the per-tensor path and on flat buffers (one value per tensor in one buffer)."""
     model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Linear(7, 2))
-    opt = NovoGrad(model.parameters(), lr=LR)
+    opt = NovoGrad(model.parameters(), lr=LR, fused=fused)
     model(torch.randn(3, 5)).sum().backward()
     opt.step()
     for p in model.parameters():
@@ -95,7 +97,10 @@ def test_second_moment_is_one_scalar_per_layer() -> None:
         assert st["exp_avg"].shape == p.shape
         full = [k for k, v in st.items() if k != "step" and v.numel() > 1]
         assert full == ["exp_avg"]  # the only full-size buffer: half of Adam's state
-    assert not opt.transform.flat_ok
+    assert opt.transform.per_tensor_state == ("exp_avg_sq",)
+    if fused:
+        (flat,) = opt._flat.values()
+        assert flat.state_flat["exp_avg_sq"].shape == (4,)  # 4 tensors
 
 
 def test_layer_scale_invariance() -> None:

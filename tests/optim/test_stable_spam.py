@@ -141,6 +141,8 @@ def test_a_spike_does_not_dominate_the_following_steps():
     assert cosine_after_spike(lambda ps: StableSPAM(ps, lr=1e-3)) < 0.55
 
 
-def test_flat_ok():
+def test_runs_on_flat_buffers_with_tensor_segments():
+    """Per-tensor maxima and norms: the flat path hands the rule the tensor boundaries."""
     opt = StableSPAM([torch.zeros(3, 2, requires_grad=True)])
-    assert opt.transform.flat_ok is False  # per-tensor max and norm
+    assert opt.transform.flat_ok is True and opt.transform.segments == "tensors"
+    assert set(opt.transform.per_tensor_state) == {"max_avg", "norm_avg", "norm_sq_avg"}

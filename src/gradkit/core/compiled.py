@@ -65,6 +65,9 @@ class _CompiledContext(StepContext):
     def owned(self, updates: list[Tensor]) -> list[Tensor]:
         return list(updates)
 
+    def is_owned(self, updates: list[Tensor]) -> bool:
+        return False
+
     def per_step(self, fn: Callable[[int], float]) -> float | list[float]:
         """``fn(step)``, computed once per step outside the generated per-element loop.
 

@@ -16,7 +16,9 @@ Rows are contiguous in the flat buffer, so per-row sums are a segmented reductio
 Every field is a tensor on the buffers' device, so that compiled code takes them as inputs whose
 sizes are symbolic (one graph for every model). The per-element index tensors (``ids``,
 ``row_ids``; 4 bytes per parameter each, int32) are made only for groups whose chain asks for
-them (:attr:`gradkit.core.transform.GradientTransformation.segments`).
+them (:attr:`gradkit.core.transform.GradientTransformation.segments`), and not at all with
+``elements=False`` (row and tensor fields only, for rules that compute their per-row values
+themselves).
 """
 
 from __future__ import annotations
@@ -56,16 +58,20 @@ class Segments:
         dtype: torch.dtype,
         *,
         rows: bool = False,
+        elements: bool = True,
     ) -> None:
         numels = [math.prod(s) for s in shapes]
+        self.shapes = [tuple(s) for s in shapes]
+        self.numels = numels
         self.count = len(numels)
         self.total = sum(numels)
         self.lengths = torch.tensor(numels, dtype=torch.int64, device=device)
-        self.ids = torch.repeat_interleave(
-            torch.arange(self.count, dtype=torch.int32, device=device),
-            self.lengths,
-            output_size=self.total,
-        )
+        if elements:
+            self.ids = torch.repeat_interleave(
+                torch.arange(self.count, dtype=torch.int32, device=device),
+                self.lengths,
+                output_size=self.total,
+            )
         self.numel = torch.tensor(numels, dtype=dtype, device=device)
         self.is_matrix = torch.tensor(
             [len(s) >= 2 and n > 0 for s, n in zip(shapes, numels)], device=device
@@ -75,19 +81,41 @@ class Segments:
             return
         n_rows = [s[0] if len(s) >= 2 and n > 0 else 1 for s, n in zip(shapes, numels)]
         row_len = [n // r for n, r in zip(numels, n_rows)]
+        # per-row fields from Python lists (one entry per row: small), so that building a
+        # Segments inside traced code makes constants, not data-dependent shapes
         self.rows_per_tensor = torch.tensor(n_rows, dtype=torch.int64, device=device)
-        self.row_lengths = torch.repeat_interleave(
-            torch.tensor(row_len, dtype=torch.int64, device=device), self.rows_per_tensor
+        self.row_lengths = torch.tensor(
+            [n for n, r in zip(row_len, n_rows) for _ in range(r)], dtype=torch.int64, device=device
         )
-        self.row_ids = torch.repeat_interleave(
-            torch.arange(self.row_lengths.numel(), dtype=torch.int32, device=device),
-            self.row_lengths,
-            output_size=self.total,
-        )
-        self.row_tensor = torch.repeat_interleave(
-            torch.arange(self.count, dtype=torch.int32, device=device), self.rows_per_tensor
+        if elements:
+            self.row_ids = torch.repeat_interleave(
+                torch.arange(sum(n_rows), dtype=torch.int32, device=device),
+                self.row_lengths,
+                output_size=self.total,
+            )
+        self.row_tensor = torch.tensor(
+            [i for i, r in enumerate(n_rows) for _ in range(r)], dtype=torch.int32, device=device
         )
         self.row_size = torch.tensor(row_len, dtype=dtype, device=device)
+
+    # ------------------------------------------------------------------ per-tensor views
+    def use_views(self, x: Tensor) -> bool:
+        """True when a rule should run its per-tensor form on :meth:`views` of the flat buffer
+        rather than the segmented one: eagerly on a CPU, where a loop over tensors costs little
+        (no kernel launches) and ``torch.segment_reduce`` and gathers run far below memory
+        bandwidth (measured: docs/benchmarks.md). Compiled code and accelerators use the
+        segmented form (one graph for any number of tensors; no launch per tensor)."""
+        return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+    def views(self, flat: Tensor, per_tensor: bool = False) -> list[Tensor]:
+        """The tensors of the group as views of the flat ``flat`` (with their shapes); with
+        ``per_tensor``, ``flat`` holds one value per tensor: one 0-d view each. An empty
+        placeholder (state not allocated yet) gives empty placeholders."""
+        if flat.numel() == 0 and self.total > 0:
+            return [flat.new_empty(0) for _ in self.numels]
+        if per_tensor:
+            return list(flat.unbind())
+        return [v.view(s) for v, s in zip(flat.split(self.numels), self.shapes)]
 
     # ------------------------------------------------------------------ reductions
     def tensor_sum(self, x: Tensor) -> Tensor:
@@ -117,15 +145,15 @@ class Segments:
     # ------------------------------------------------------------------ broadcasts
     def expand(self, per_tensor: Tensor) -> Tensor:
         """Per-tensor values repeated over each tensor's elements (a flat tensor)."""
-        return per_tensor[self.ids]
+        return per_tensor.index_select(0, self.ids)
 
     def expand_rows(self, per_row: Tensor) -> Tensor:
         """Per-row values repeated over each row's elements (a flat tensor)."""
-        return per_row[self.row_ids]
+        return per_row.index_select(0, self.row_ids)
 
     def to_rows(self, per_tensor: Tensor) -> Tensor:
         """Per-tensor values repeated over each tensor's rows."""
-        return per_tensor[self.row_tensor]
+        return per_tensor.index_select(0, self.row_tensor)
 
     def __repr__(self) -> str:
         return f"Segments(tensors={self.count}, elements={self.total}, rows={self.has_rows})"

@@ -28,6 +28,7 @@ one value per tensor.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -106,6 +107,10 @@ class StepContext:
     def owned(self, updates: TensorList) -> TensorList:
         """Mark a freshly allocated list as writable by later transforms; returns it."""
         return updates if isinstance(updates, _OwnedList) else _OwnedList(updates)
+
+    def is_owned(self, updates: TensorList) -> bool:
+        """True if ``updates`` may be changed in place (no copy needed, see :meth:`writable`)."""
+        return isinstance(updates, _OwnedList)
 
 
 class GradientTransformation:
@@ -330,12 +335,58 @@ class Chain(GradientTransformation):
         self, which: range, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
         for i in which:
-            updates = self.transforms[i].update(updates, self._sub(i, state), params, ctx)
+            t = self.transforms[i]
+            seg = ctx.segments
+            if seg is not None and t.segments is not None and seg.use_views(params[0]):
+                updates = _update_on_views(t, updates, self._sub(i, state), params, ctx)
+            else:
+                updates = t.update(updates, self._sub(i, state), params, ctx)
         return updates
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(t) for t in self.transforms)
         return f"chain({inner})"
+
+
+def _update_on_views(
+    t: GradientTransformation,
+    updates: TensorList,
+    state: State,
+    params: TensorList,
+    ctx: StepContext,
+) -> TensorList:
+    """Run a per-tensor-reducing transform's per-tensor form on views of one flat buffer.
+
+    ``updates``, ``state`` and ``params`` are one-element lists of flat buffers (per-tensor
+    state: one value per tensor); the transform sees lists of per-tensor views and
+    ``ctx.segments = None``. Its in-place changes land in the flat buffers; a result that is
+    one of the view lists it was given is returned as that flat buffer, any other result is
+    concatenated into a new one.
+    """
+    seg = ctx.segments
+    assert seg is not None
+    per_tensor = set(t.per_tensor_state)
+    u_views = seg.views(updates[0])
+    if isinstance(updates, _OwnedList):
+        u_views = ctx.owned(u_views)
+    flat_of: dict[int, TensorList] = {id(u_views): updates}
+    view_state: State = {}
+    for key, flat in state.items():
+        view_state[key] = seg.views(flat[0], per_tensor=key in per_tensor)
+        flat_of[id(view_state[key])] = flat
+    sub = dataclasses.replace(
+        ctx,
+        segments=None,
+        steps=[ctx.step] * seg.count,
+        grads=seg.views(ctx.grads[0]),
+    )
+    out = t.update(u_views, view_state, seg.views(params[0]), sub)
+    for key, flat in state.items():  # a lazily allocated buffer: allocated per view, joined
+        if flat[0].numel() == 0 and any(v.numel() for v in view_state[key]):
+            flat[0] = torch.cat([v.reshape(-1) for v in view_state[key]])
+    if id(out) in flat_of:
+        return flat_of[id(out)]
+    return ctx.owned([torch.cat([o.reshape(-1) for o in out])])
 
 
 def chain(*transforms: GradientTransformation) -> Chain:
