@@ -19,6 +19,7 @@ from torch.optim import Optimizer
 from gradkit.core.compiled import compile_settings, encode_hyperparameters, shared_group_update
 from gradkit.core.flat import FlatGroup, flat_update
 from gradkit.core.hyperparams import Hyperparameter, choice, flag, validate_group
+from gradkit.core.max_abs import max_abs
 from gradkit.core.state_dict import check_and_migrate_state_dict
 from gradkit.core.transform import Chain, GradientTransformation, SkipStep, StepContext
 
@@ -38,7 +39,7 @@ def gradients_are_finite(grads: list[Tensor]) -> bool:
     """True if no gradient holds NaN or infinity (one reduction and one read back)."""
     if not grads:
         return True
-    norms = torch._foreach_norm(grads, float("inf"))
+    norms = max_abs(grads)
     return bool(torch.isfinite(torch.stack([n.float() for n in norms]).sum()))
 
 

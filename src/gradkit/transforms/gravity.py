@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from gradkit.core.hyperparams import interval
+from gradkit.core.max_abs import max_abs
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
 
 __all__ = ["ScaleByGravity"]
@@ -47,7 +48,7 @@ class ScaleByGravity(GradientTransformation):
         for buf, u in zip(vel, updates):
             if buf.numel() == 0 and u.numel() > 0:
                 buf.resize_as_(u).normal_(mean=0.0, std=group["alpha"] / lr)
-        maxes = torch._foreach_norm(updates, float("inf"))
+        maxes = max_abs(updates)
         scaled = [u * m for u, m in zip(updates, maxes)]
         torch._foreach_mul_(scaled, scaled)
         torch._foreach_add_(scaled, 1.0)

@@ -57,6 +57,10 @@ class ScaleByNovoGrad(GradientTransformation):
             torch._foreach_lerp_([v[i] for i in rest], [sq[i] for i in rest], 1 - beta2)
         denom = torch._foreach_sqrt(v)
         torch._foreach_add_(denom, ctx.group["eps"])
+        if wd == 0 and not first:  # m <- b1 m + g / d in place, no normalized copy
+            torch._foreach_mul_(m, beta1)
+            torch._foreach_addcdiv_(m, updates, denom)
+            return m
         normalized = torch._foreach_div(updates, denom)
         if wd != 0:
             torch._foreach_add_(normalized, params, alpha=wd)
