@@ -24,6 +24,9 @@ Usage:
     python benchmarks/first_step_latency.py                         # cpu, all four optimizers
     python benchmarks/first_step_latency.py --device cuda --json out.json
     python benchmarks/first_step_latency.py --optimizers adamw --steps 200
+    # the optimizers with per-tensor reductions (segmented), and 4x the tensors
+    python benchmarks/first_step_latency.py --optimizers adamp,sgdp,novograd,mars,stable_spam
+    python benchmarks/first_step_latency.py --optimizers adamp --layers 48
 """
 
 from __future__ import annotations
@@ -47,13 +50,24 @@ OPTIMIZERS: dict[str, dict[str, Any]] = {
     "sgd": {"lr": 1e-2, "momentum": 0.9, "weight_decay": 0.01},
     "lion": {"lr": 1e-4, "weight_decay": 0.01},
     "madgrad": {"lr": 1e-3},
+    # per-tensor reductions (segmented over the flat buffer; not in the default list)
+    "adamp": {"lr": 1e-3, "weight_decay": 0.01},
+    "sgdp": {"lr": 1e-2, "momentum": 0.9, "weight_decay": 0.01},
+    "novograd": {"lr": 1e-3, "weight_decay": 0.01},
+    "mars": {"lr": 1e-3, "weight_decay": 0.01},
+    "stable_spam": {"lr": 1e-3, "weight_decay": 0.01},
 }
+#: the optimizers run when ``--optimizers`` is not given
+DEFAULT_OPTIMIZERS = ("adamw", "sgd", "lion", "madgrad")
+#: transformer blocks of the parameter set (``--layers``; 12 blocks: 150 tensors)
+LAYERS = int(os.environ.get("GRADKIT_BENCH_LAYERS", "12"))
 
 
-def shapes() -> list[tuple[int, ...]]:
-    """GPT-like parameter shapes: 12 blocks of width 64, 6000-token embedding, a small head;
-    150 tensors, 1.0M parameters."""
-    width, layers, vocab, ctx = 64, 12, 6000, 256
+def shapes(layers: int | None = None) -> list[tuple[int, ...]]:
+    """GPT-like parameter shapes: ``layers`` blocks (default 12) of width 64, 6000-token
+    embedding, a small head; with 12 blocks 150 tensors, 1.0M parameters."""
+    width, vocab, ctx = 64, 6000, 256
+    layers = LAYERS if layers is None else layers
     out: list[tuple[int, ...]] = [(vocab, width), (ctx, width)]
     for _ in range(layers):
         out += [(width,), (width,), (width, 3 * width), (3 * width,), (width, width), (width,)]
@@ -143,6 +157,7 @@ def _run_child(args: argparse.Namespace, name: str, cache: str, warm_only: bool)
     env["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--device", args.device]
     cmd += ["--steps", str(args.steps)] + (["--warm-only"] if warm_only else [])
+    env["GRADKIT_BENCH_LAYERS"] = str(args.layers)
     t0 = time.perf_counter()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     wall = time.perf_counter() - t0
@@ -161,7 +176,14 @@ def _run_child(args: argparse.Namespace, name: str, cache: str, warm_only: bool)
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    ap.add_argument(
+        "--optimizers",
+        default=",".join(DEFAULT_OPTIMIZERS),
+        help=f"comma-separated, of {', '.join(OPTIMIZERS)}",
+    )
+    ap.add_argument(
+        "--layers", type=int, default=LAYERS, help="transformer blocks (12: 150 tensors)"
+    )
     ap.add_argument("--steps", type=int, default=1000, help="length of the scheduled run")
     ap.add_argument("--json", default=None, help="write header and rows here")
     ap.add_argument("--label", default="", help="a note stored in the JSON header")
@@ -182,8 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         "cores": os.cpu_count(),
         "load_avg": os.getloadavg(),
         "torch": torch.__version__,
-        "tensors": len(shapes()),
-        "params": sum(torch.Size(s).numel() for s in shapes()),
+        "tensors": len(shapes(args.layers)),
+        "params": sum(torch.Size(s).numel() for s in shapes(args.layers)),
         "steps": args.steps,
         "label": args.label,
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
