@@ -8,7 +8,7 @@ import torch
 
 from gradkit.core.hyperparams import betas, interval
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
-from gradkit.transforms.moments import _adam_moment_buffers, _update_adam_moments
+from gradkit.transforms.moments import _adam_moment_buffers, _divide_into, _update_adam_moments
 
 __all__ = ["ScaleByAdaMomentum"]
 
@@ -36,6 +36,6 @@ class ScaleByAdaMomentum(GradientTransformation):
         torch._foreach_add_(v, ctx.group["eps"])
         denom = torch._foreach_sqrt(v)
         torch._foreach_div_(denom, ctx.per_step(lambda t: math.sqrt(1 - beta2**t)))
-        out = torch._foreach_div(m, denom)
+        out = _divide_into(m, denom)
         torch._foreach_div_(out, ctx.per_step(lambda t: 1 - beta1**t))
         return ctx.owned(out)

@@ -55,6 +55,21 @@ def _adam_denominator(
     return denom
 
 
+def _divide_into(numerator: TensorList, denom: TensorList) -> TensorList:
+    """``numerator / denom`` per tensor; ``denom`` must be a fresh list the caller owns.
+
+    Eagerly on a CPU the quotient is written into ``denom`` (one full-size allocation less per
+    step: on a CPU a large temporary costs page faults whenever the allocator has handed its
+    memory back to the kernel, which dominated Adam-type steps on large tensors; see
+    docs/benchmarks.md). Elsewhere one ``_foreach_div``. Both give the same bits.
+    """
+    if denom and denom[0].device.type == "cpu" and not torch.compiler.is_compiling():
+        for a, b in zip(numerator, denom):
+            torch.div(a, b, out=b)
+        return denom
+    return torch._foreach_div(numerator, denom)
+
+
 class Momentum(GradientTransformation):
     """Heavy-ball or Nesterov momentum, as torch.optim.SGD defines it.
 
@@ -134,7 +149,7 @@ class ScaleByAdam(GradientTransformation):
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
         m, denom, bc1 = self.update_as_ratio(updates, state, params, ctx)
-        out = torch._foreach_div(m, denom)
+        out = _divide_into(m, denom)
         torch._foreach_div_(out, bc1)
         return ctx.owned(out)
 

@@ -10,7 +10,12 @@ from gradkit.core.hyperparams import betas, interval
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
 from gradkit.transforms._cosine import cosine_decay_factor
 from gradkit.transforms._unitwise import positive_int
-from gradkit.transforms.moments import _adam_denominator, _adam_moment_buffers, _update_adam_moments
+from gradkit.transforms.moments import (
+    _adam_denominator,
+    _adam_moment_buffers,
+    _divide_into,
+    _update_adam_moments,
+)
 
 __all__ = ["ScaleByAdamWithReset", "steps_since_reset"]
 
@@ -65,6 +70,6 @@ class ScaleByAdamWithReset(GradientTransformation):
         taus = [steps_since_reset(t, every) for t in ctx.steps]
         _update_adam_moments(state, updates, beta1, beta2)
         denom = _adam_denominator(v, [math.sqrt(1.0 - beta2**tau) for tau in taus], group["eps"])
-        out = torch._foreach_div(m, denom)
+        out = _divide_into(m, denom)
         torch._foreach_div_(out, [1.0 - beta1**tau for tau in taus])
         return ctx.owned(out)

@@ -8,7 +8,12 @@ import torch
 
 from gradkit.core.hyperparams import flag
 from gradkit.core.transform import State, StepContext, TensorList
-from gradkit.transforms.moments import ScaleByAdam, _adam_denominator, _update_adam_moments
+from gradkit.transforms.moments import (
+    ScaleByAdam,
+    _adam_denominator,
+    _divide_into,
+    _update_adam_moments,
+)
 
 __all__ = ["ScaleByAdamNesterov"]
 
@@ -41,6 +46,6 @@ class ScaleByAdamNesterov(ScaleByAdam):
             out = torch._foreach_lerp(m, updates, 1 - beta1)
             torch._foreach_div_(out, denom)
         else:
-            out = torch._foreach_div(m, denom)
+            out = _divide_into(m, denom)
         torch._foreach_div_(out, ctx.per_step(lambda t: 1 - beta1**t))
         return ctx.owned(out)
