@@ -311,11 +311,14 @@ def main(argv: list[str] | None = None) -> None:
         hp, libs = MAPPING[name]
         gk_hp = {k: v for k, v in hp.items() if k in info.defaults}
         variants = [("eager", False)]
-        if info.cls(make_params([(2,)], device), **gk_hp).transform.flat_ok:
-            # the default on CUDA is the compiled flat path; on CPU the default is eager
-            variants.append(
-                ("default, compiled flat" if cuda else "fused=True", None if cuda else True)
-            )
+        chain = info.cls(make_params([(2,)], device), **gk_hp).transform
+        if chain.flat_ok:
+            # the default on CUDA is the compiled flat path (for compile_ok chains); on CPU the
+            # default is eager
+            if cuda and chain.compile_ok:
+                variants.append(("default, compiled flat", None))
+            else:
+                variants.append(("fused=True", True))
         for vlabel, fused in variants:
             row = bench_one(
                 f"gradkit.{name} ({vlabel})",

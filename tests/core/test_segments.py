@@ -1,10 +1,11 @@
 """Segmented reductions over flat buffers (gradkit.core.segments), and the optimizers that reduce
-per tensor (AdamP, SGDP, NovoGrad, MARS, Stable-SPAM) on the flat path, against their per-tensor
-eager path."""
+per tensor (AdamP, SGDP, NovoGrad, MARS, Stable-SPAM, Ranger21) on the flat path, against their
+per-tensor eager path."""
 
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,13 +16,15 @@ from gradkit.core.segments import Segments
 
 SHAPES = [(3, 4), (5,), (0, 3), (2, 2, 2), (), (4, 0), (1, 7), (6, 1, 2)]
 #: every optimizer whose rule reduces per tensor and that runs on the flat path
-SEGMENTED = ["adamp", "sgdp", "novograd", "mars", "stable_spam"]
+SEGMENTED = ["adamp", "sgdp", "novograd", "mars", "stable_spam", "ranger21"]
 HP = {
     "adamp": {"lr": 1e-2, "weight_decay": 0.1},
     "sgdp": {"lr": 0.05, "weight_decay": 1e-2, "nesterov": True},
     "novograd": {"lr": 1e-2, "weight_decay": 0.1},
     "mars": {"lr": 1e-2, "max_correction_norm": 0.05},
     "stable_spam": {"lr": 1e-2, "weight_decay": 0.1, "t_max": 50},
+    # unit-wise clipping, centralization, std normalization, norm loss, warm-up/down, Lookahead
+    "ranger21": {"lr": 1e-2, "num_iterations": 100},
 }
 
 
@@ -67,6 +70,7 @@ def test_reductions_and_broadcasts_equal_per_tensor_loops() -> None:
                        seg.rows_per_tensor))  # fmt: skip
     assert seg.is_matrix.tolist() == [True, False, False, True, False, False, True, True]
     assert seg.row_size.tolist() == [4, 5, 0, 4, 1, 0, 7, 2]
+    assert seg.ndim.tolist() == [len(shape) for shape in SHAPES]
 
 
 def _model(seed: int = 0, hidden: int = 8, layers: int = 1) -> nn.Module:
@@ -151,7 +155,19 @@ def test_per_tensor_state_resumes_across_paths(name: str) -> None:
         assert _max_diff(ref, model) < 1e-12, (first_path, second_path)
 
 
-@pytest.mark.parametrize("name", SEGMENTED)
+def test_ranger21_is_not_compiled_by_default() -> None:
+    """Ranger21's in-chain lr schedule is Python arithmetic on the step and lr, on which a
+    compiled step would specialize (several graphs in a 12-step run); so its default path is
+    not the compiled one, while the elementwise and segmented chains' is."""
+    cuda_param = SimpleNamespace(device=SimpleNamespace(type="cuda"))  # what _flat_mode reads
+    for name in SEGMENTED:
+        opt = gradkit.create_optimizer(_model(), name)
+        mode = opt._flat_mode({"params": [cuda_param]})
+        assert mode == (None if name == "ranger21" else "compiled"), name
+    assert gradkit.create_optimizer(_model(), "ranger21").transform.compile_ok is False
+
+
+@pytest.mark.parametrize("name", [n for n in SEGMENTED if n != "ranger21"])
 def test_compiled_flat_path_is_one_graph_for_any_number_of_tensors(name: str) -> None:
     """fused=True traced (aot_eager: the graph the compiler sees, run with ATen ops) on models
     with 7, 11 and 15 tensors of different sizes: one graph in all (the segments' sizes are

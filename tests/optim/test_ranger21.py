@@ -130,6 +130,7 @@ def test_state_memory():
     assert state_buffers(*one_step(Ranger21)) == (5, 0)
 
 
-def test_flat_ok():
+def test_runs_on_flat_buffers_with_row_segments():
+    """Unit-wise norms and means: the flat path hands the rules the row boundaries."""
     opt = Ranger21([torch.zeros(3, 2, requires_grad=True)])
-    assert opt.transform.flat_ok is False  # unit-wise norms
+    assert opt.transform.flat_ok is True and opt.transform.segments == "rows"

@@ -45,7 +45,7 @@ def test_matches_pytorch_optimizer(shape):
     torch.testing.assert_close(out, po_agc(w, g, 1e-3, 1e-2))
 
 
-def test_none_disables_and_flat_ok():
+def test_none_disables_and_reduces_per_row():
     g = torch.ones(3, 3)
     assert _run([torch.zeros(3, 3)], [g], clip=None)[0] is g
-    assert AdaptiveGradientClipping.flat_ok is False
+    assert AdaptiveGradientClipping.segments == "rows"  # unit norms on flat buffers

@@ -22,4 +22,4 @@ def test_closed_form_and_direction():
     torch.testing.assert_close(b, b0 * (1 - lr * 2 * f * (1 - 1 / 2)))
     norms = w.norm(dim=1)
     assert norms[0] < 5 and norms[1] > 0.5
-    assert NormLoss.flat_ok is False
+    assert NormLoss.segments == "rows"  # unit norms on flat buffers

@@ -64,7 +64,8 @@ class ChainOptimizer(Optimizer):
         defaults: hyperparameter values for groups that do not set them; missing ones take the
             transforms' own defaults. ``maximize=True`` ascends instead of descending.
         fused: the fast paths (docs/performance.md). ``None`` (default): flat buffers + compiled
-            step for param groups on CUDA when every transform is ``flat_ok``; ``True``: that
+            step for param groups on CUDA when every transform is ``flat_ok`` and
+            ``compile_ok`` (no step-dependent Python control flow); ``True``: that
             wherever possible (also on CPU); ``"flat"``: flat buffers without compiling (for
             checks); ``"compile"``: the per-tensor lists under ``torch.compile``, for chains
             that are not ``flat_ok`` (per-tensor reductions); ``False``: always the eager
@@ -209,7 +210,7 @@ class ChainOptimizer(Optimizer):
             return "eager"
         if self.fused is None:
             first = group["params"][0] if group["params"] else None
-            if first is None or first.device.type != "cuda":
+            if first is None or first.device.type != "cuda" or not self.transform.compile_ok:
                 return None
         return "compiled"
 

@@ -45,8 +45,8 @@ class Segments:
         rows: also make the per-row fields (``row_lengths``, ``row_ids``, ...).
 
     Attributes (tensors): ``lengths`` (elements per tensor, int64), ``ids`` (tensor index of
-    each element, int32), ``numel`` and ``is_matrix`` (per tensor: element count as ``dtype``,
-    two or more dimensions); with ``rows``: ``row_lengths`` (int64), ``row_ids`` (int32, per
+    each element, int32), ``numel``, ``is_matrix`` and ``ndim`` (per tensor: element count as
+    ``dtype``, two or more dimensions and not empty, number of dimensions); with ``rows``: ``row_lengths`` (int64), ``row_ids`` (int32, per
     element), ``rows_per_tensor`` (int64), ``row_tensor`` (tensor index of each row, int32) and
     ``row_size`` (elements per row of each tensor, as ``dtype``).
     """
@@ -76,6 +76,7 @@ class Segments:
         self.is_matrix = torch.tensor(
             [len(s) >= 2 and n > 0 for s, n in zip(shapes, numels)], device=device
         )
+        self.ndim = torch.tensor([len(s) for s in shapes], dtype=torch.int64, device=device)
         self.has_rows = rows
         if not rows:
             return

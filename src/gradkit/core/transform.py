@@ -133,6 +133,10 @@ class GradientTransformation:
     segments: ClassVar[str | None] = None
     #: state names (keys of ``init``) that hold one value per tensor, a 0-d tensor each
     per_tensor_state: ClassVar[tuple[str, ...]] = ()
+    #: False if the rule's Python control flow depends on values that change every step (an
+    #: in-chain lr schedule), so that compiling it would recompile during the run; such chains
+    #: are not compiled unless asked for (``fused=True``)
+    compile_ok: ClassVar[bool] = True
 
     def init(self, params: TensorList) -> State:
         return {}
@@ -245,6 +249,10 @@ class Chain(GradientTransformation):
     @property
     def needs_closure(self) -> bool:  # type: ignore[override]
         return any(t.needs_closure for t in self.transforms)
+
+    @property
+    def compile_ok(self) -> bool:  # type: ignore[override]
+        return all(t.compile_ok for t in self.transforms)
 
     @property
     def segments(self) -> str | None:  # type: ignore[override]

@@ -26,13 +26,14 @@ class AdaptiveGradientClipping(GradientTransformation):
     (floor on the weight norm, so zero-initialised weights can move). The paper does not clip
     the final classifier layer: put it in a param group with ``agc_clipping_value=None``.
 
-    Per-unit reductions, so ``flat_ok`` is False; one small kernel sequence per tensor.
+    Per-unit reductions: a loop over tensors, or on a flat buffer one segmented reduction per
+    norm over all units at once (``ctx.segments``).
 
     Brock, De, Smith & Simonyan, "High-Performance Large-Scale Image Recognition Without
     Normalization", arXiv 2102.06171.
     """
 
-    flat_ok = False
+    segments = "rows"
     hyperparameters = (
         interval("agc_clipping_value", 1e-2, 0.0, low_open=True, allow_none=True),
         interval("agc_eps", 1e-3, 0.0, low_open=True),
@@ -45,6 +46,12 @@ class AdaptiveGradientClipping(GradientTransformation):
         if clip is None:
             return updates
         eps = ctx.group["agc_eps"]
+        if ctx.segments is not None:
+            seg, p, g = ctx.segments, params[0], updates[0]
+            max_norm = seg.row_sum(p * p).sqrt().clamp_min(eps).mul_(clip)
+            g_norm = seg.row_sum(g * g).sqrt().clamp_min(_GRAD_NORM_FLOOR)
+            factor = torch.where(g_norm > max_norm, max_norm / g_norm, 1.0)
+            return ctx.owned([g * seg.expand_rows(factor)])
         out = []
         for p, g in zip(params, updates):
             max_norm = unit_norm(p.detach()).clamp_min(eps).mul_(clip)

@@ -18,19 +18,25 @@ class GradientCentralization(GradientTransformation):
     (convolution filters) are centralized. Equivalent to projecting the gradient onto the
     hyperplane of zero-mean units, so each unit's weight mean stays where it started.
 
-    Per-unit reductions, so ``flat_ok`` is False.
+    Per-unit means: a loop over tensors, or on a flat buffer one segmented reduction over all
+    units at once (``ctx.segments``).
 
     Yong, Huang, Hua & Zhang, "Gradient Centralization: A New Optimization Technique for Deep
     Neural Networks", arXiv 2004.01461; one of the parts of Ranger21, arXiv 2106.13731.
     """
 
-    flat_ok = False
+    segments = "rows"
     hyperparameters = (flag("gc_conv_only", False),)
 
     def update(
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
         min_ndim = 4 if ctx.group["gc_conv_only"] else 2
+        if ctx.segments is not None:
+            seg, u = ctx.segments, updates[0]
+            mean = seg.row_sum(u) / seg.to_rows(seg.row_size)
+            centred = seg.to_rows(seg.ndim >= min_ndim)
+            return ctx.owned([u - seg.expand_rows(torch.where(centred, mean, 0.0))])
         if not any(u.ndim >= min_ndim for u in updates):
             return updates
         out = []

@@ -87,6 +87,10 @@ class WithScheduledLR(GradientTransformation):
     ``hyperparameters`` and ``__call__(group, step) -> lr``.
     """
 
+    #: the schedule is Python arithmetic on the step and the lr (``float(lr)``, ``min``), which
+    #: a compiled step specializes on: one recompile per new lr during warm-up and warm-down
+    compile_ok = False
+
     def __init__(self, inner: GradientTransformation, schedule: Any) -> None:
         self.inner = inner if isinstance(inner, Chain) else Chain(inner)
         self.schedule = schedule

@@ -20,14 +20,15 @@ class NormLoss(GradientTransformation):
 
     applied to the parameters in place (like decoupled weight decay: it does not enter the
     adaptive moments); updates pass through. Hyperparameters: ``norm_loss_factor`` (f >= 0)
-    and ``eps``. Per-unit reductions, so ``flat_ok`` is False.
+    and ``eps``. Per-unit norms: a loop over tensors, or on a flat buffer one segmented
+    reduction over all units at once (``ctx.segments``).
 
     Georgiou, Schmitt, Bäck & Rosenhahn, "Norm Loss: An efficient yet effective regularization
     method for deep neural networks", arXiv 2103.06583; a part of Ranger21, arXiv
     2106.13731.
     """
 
-    flat_ok = False
+    segments = "rows"
     hyperparameters = (
         interval("norm_loss_factor", 1e-4, 0.0),
         interval("eps", 1e-8, 0.0, low_open=True),
@@ -42,6 +43,12 @@ class NormLoss(GradientTransformation):
         lr = ctx.group["lr"]
         lr = lr.item() if isinstance(lr, torch.Tensor) else lr
         eps = ctx.group["eps"]
+        if ctx.segments is not None:
+            seg, p = ctx.segments, params[0]
+            norm = seg.row_sum(p * p).sqrt()
+            correction = (1.0 - 1.0 / (norm + eps)).mul_(2.0 * factor * lr)
+            p.mul_(seg.expand_rows(1.0 - correction))
+            return updates
         for p in params:
             correction = (1.0 - 1.0 / (unit_norm(p) + eps)).mul_(2.0 * factor * lr)
             p.mul_(1.0 - correction)
