@@ -52,9 +52,9 @@ class AdaptiveGradientClipping(GradientTransformation):
             g_norm = seg.row_sum(g * g).sqrt().clamp_min(_GRAD_NORM_FLOOR)
             factor = torch.where(g_norm > max_norm, max_norm / g_norm, 1.0)
             return ctx.owned([g * seg.expand_rows(factor)])
-        out = []
-        for p, g in zip(params, updates):
+        out = ctx.writable(updates)  # scaled in place: no temporary per tensor
+        for p, g in zip(params, out):
             max_norm = unit_norm(p.detach()).clamp_min(eps).mul_(clip)
             g_norm = unit_norm(g).clamp_min(_GRAD_NORM_FLOOR)
-            out.append(torch.where(g_norm > max_norm, g * (max_norm / g_norm), g))
-        return ctx.owned(out)
+            g.mul_(torch.where(g_norm > max_norm, max_norm / g_norm, 1.0))
+        return out

@@ -39,10 +39,8 @@ class GradientCentralization(GradientTransformation):
             return ctx.owned([u - seg.expand_rows(torch.where(centred, mean, 0.0))])
         if not any(u.ndim >= min_ndim for u in updates):
             return updates
-        out = []
-        for u in updates:
+        out = ctx.writable(updates)  # centred in place: no temporary per tensor
+        for u in out:
             if u.ndim >= min_ndim:
-                out.append(u - u.mean(dim=tuple(range(1, u.ndim)), keepdim=True))
-            else:
-                out.append(torch.clone(u))
-        return ctx.owned(out)
+                u.sub_(u.mean(dim=tuple(range(1, u.ndim)), keepdim=True))
+        return out

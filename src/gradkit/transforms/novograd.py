@@ -57,9 +57,11 @@ class ScaleByNovoGrad(GradientTransformation):
             torch._foreach_lerp_([v[i] for i in rest], [sq[i] for i in rest], 1 - beta2)
         denom = torch._foreach_sqrt(v)
         torch._foreach_add_(denom, ctx.group["eps"])
-        if wd == 0 and not first:  # m <- b1 m + g / d in place, no normalized copy
+        if not first:  # m <- b1 m + g / d (+ wd w) in place, no normalized copy
             torch._foreach_mul_(m, beta1)
             torch._foreach_addcdiv_(m, updates, denom)
+            if wd != 0:
+                torch._foreach_add_(m, params, alpha=wd)
             return m
         normalized = torch._foreach_div(updates, denom)
         if wd != 0:
@@ -89,10 +91,10 @@ class ScaleByNovoGrad(GradientTransformation):
         else:
             v.lerp_(sq, 1 - beta2)
         normalized = g / seg.expand(v.sqrt() + ctx.group["eps"])
-        if wd != 0:
-            normalized.add_(p, alpha=wd)
         if first:
             m.copy_(normalized)
-        else:
+        else:  # the order of the per-tensor path: (b1 m + g / d) + wd w
             m.mul_(beta1).add_(normalized)
+        if wd != 0:
+            m.add_(p, alpha=wd)
         return [m]

@@ -6,7 +6,6 @@ import math
 
 import torch
 from torch import Tensor
-from torch.nn.functional import softplus
 
 from gradkit.core.hyperparams import betas, flag, interval
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
@@ -87,8 +86,8 @@ class ScaleByAdaPNM(GradientTransformation):
             torch._foreach_maximum_(vmax, v)
             vv = vmax
         denom = _adam_denominator(vv, [math.sqrt(b) for b in bc2], group["eps"])
-        if group["use_softplus"]:
-            denom = [softplus(d, beta=group["beta_softplus"]) for d in denom]
+        if group["use_softplus"]:  # in place on the fresh denominator: no second temporary
+            denom = [_softplus_(d, group["beta_softplus"]) for d in denom]
         torch._foreach_div_(pn, denom)
         torch._foreach_div_(pn, ctx.per_step(lambda t: 1.0 - beta1**t))
         return ctx.owned(pn)
@@ -100,3 +99,11 @@ class ScaleByAdaPNM(GradientTransformation):
         v, bc2 = self._last
         total = torch.stack([(x.sum() / b).float() for x, b in zip(v, bc2)]).sum()
         return total / sum(x.numel() for x in v)
+
+
+def _softplus_(x: Tensor, beta: float) -> Tensor:
+    """``softplus(x, beta)`` (threshold 20, as ``torch.nn.functional.softplus``) written into
+    ``x``; traced code gets the out-of-place form (same values)."""
+    if torch.compiler.is_compiling():
+        return torch.nn.functional.softplus(x, beta=beta)
+    return torch.ops.aten.softplus.out(x, beta, 20.0, out=x)

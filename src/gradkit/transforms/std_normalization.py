@@ -32,5 +32,8 @@ class NormalizeByStd(GradientTransformation):
             dev = u - seg.expand(seg.tensor_sum(u) / n.clamp_min(1.0))
             std = (seg.tensor_sum(dev * dev) / (n - 1.0).clamp_min(1.0)).sqrt()
             return ctx.owned([u / seg.expand(torch.where(n > 2, std + _EPS, 1.0))])
-        out = [u / (u.std() + _EPS) if u.numel() > 2 else torch.clone(u) for u in updates]
-        return ctx.owned(out)
+        out = ctx.writable(updates)  # scaled in place: no temporary per tensor
+        for u in out:
+            if u.numel() > 2:
+                u.div_(u.std() + _EPS)
+        return out
