@@ -12,7 +12,9 @@
 #      first step's wall time (compilation included) of every optimizer and library row;
 #   2. muon_step.py: the Muon step against its flop floor and the libraries;
 #   3. preconditioner_step.py --device cuda: Shampoo, SOAP, PSGD Kron against the libraries;
-#   4. the CUDA tests (compiled flat path on CUDA equals the eager path).
+#   4. the CUDA tests (compiled flat path on CUDA equals the eager path, segmented ones too);
+#   5. first_step_latency.py --device cuda: cold and warm first compiled step and graph count of
+#      the flat path, elementwise (AdamW) and segmented (AdamP, Stable-SPAM).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gradkit_gpu}
@@ -24,7 +26,8 @@ STEP_LIMIT=${STEP_LIMIT:-270}
 MUON_LIMIT=${MUON_LIMIT:-90}
 PRECOND_LIMIT=${PRECOND_LIMIT:-80}
 TEST_LIMIT=${TEST_LIMIT:-90}
-PARTS=${PARTS:-1,2,3,4}  # which parts to run, e.g. PARTS=1,5
+LATENCY_LIMIT=${LATENCY_LIMIT:-150}
+PARTS=${PARTS:-1,2,3,4,5}  # which parts to run, e.g. PARTS=1,5
 part() { [[ ",$PARTS," == *",$1,"* ]]; }
 
 echo "== machine"
@@ -56,7 +59,14 @@ echo "== 3. preconditioner step (benchmarks/preconditioner_step.py --device cuda
 part 4 && {
 echo "== 4. CUDA tests"
 timeout "$TEST_LIMIT" python3 -m pytest -q -p no:cacheprovider -o addopts="" \
-    tests/core/test_fast_path.py tests/core/test_equivalence.py -k "cuda or device" 2>&1 | tail -15 \
-    || echo "(tests stopped)"
+    tests/core/test_fast_path.py tests/core/test_equivalence.py tests/core/test_segments.py \
+    -k "cuda or device" 2>&1 | tail -15 || echo "(tests stopped)"
+}
+
+part 5 && {
+echo "== 5. first compiled step on CUDA (benchmarks/first_step_latency.py --device cuda)"
+(cd benchmarks && timeout "$LATENCY_LIMIT" python3 first_step_latency.py --device cuda \
+    --optimizers "${LATENCY_OPTIMIZERS:-adamw,adamp,stable_spam}" --steps 200 \
+    --json "$OUT/first_step_latency.json") 2>&1 | grep -v '^{' || echo "(first_step_latency stopped)"
 }
 date -u

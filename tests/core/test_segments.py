@@ -199,3 +199,23 @@ def test_inductor_compiles_the_segmented_step() -> None:
     _train(a, oa, 6)
     _train(b, ob, 6)
     assert _max_diff(a, b) < 1e-12
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", [n for n in SEGMENTED if n != "ranger21"])
+def test_cuda_default_is_the_compiled_segmented_path(name: str) -> None:
+    """On CUDA the default path (fused=None) is the compiled flat path with segments; in float64
+    it matches the eager per-tensor path to rounding over 12 steps."""
+    a, b = _model().double().cuda(), _model().double().cuda()
+    oa = gradkit.create_optimizer(a, name, fused=False, **HP[name])
+    ob = gradkit.create_optimizer(b, name, **HP[name])
+    for t in range(12):
+        gen = torch.Generator().manual_seed(t)
+        x = torch.randn(16, 3, 6, 6, generator=gen, dtype=torch.float64).cuda()
+        y = torch.randint(0, 4, (16,), generator=gen).cuda()
+        for model, opt in ((a, oa), (b, ob)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert ob._flat and next(iter(ob._flat.values())).segments is not None
+    assert _max_diff(a, b) < 1e-10, name
