@@ -44,7 +44,8 @@ def main() -> None:
         "vector_norm(2) (reference pass)": lambda: torch.linalg.vector_norm(x),
     }
     print(
-        f"{args.device}, {args.threads} thread(s), {args.numel} float32 elements, torch {torch.__version__}"
+        f"{args.device}, {args.threads} thread(s), {args.numel} float32 elements, "
+        f"torch {torch.__version__}"
     )
     for label, fn in rows.items():
         print(f"{label:36s} {_ms(fn):8.3f} ms")

@@ -1,9 +1,9 @@
 """Step time of the optimizers with per-tensor reductions, interleaved, against the libraries.
 
 AdamP, SGDP, NovoGrad, MARS, Stable-SPAM and Ranger21 reduce per tensor (or per row). For each,
-every row below steps its own copy of the same parameter set with fixed random gradients, and the rows
-are timed in interleaved rounds (each round: every row in turn, ``--steps`` steps each, median
-per row), so that a change in the machine's load hits all rows alike; per round each row's
+every row below steps its own copy of the same parameter set with fixed random gradients, and
+the rows are timed in interleaved rounds (each round: every row in turn, ``--steps`` steps each,
+median per row), so that a change in the machine's load hits all rows alike; per round each row's
 time is divided by the fastest library row's of that round, and the table gives the median
 over rounds of those ratios and of the times.
 

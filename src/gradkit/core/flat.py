@@ -5,9 +5,10 @@ group's tensors equals the per-tensor result), the optimizer can keep the parame
 and every state tensor of a param group as *views* into one flat buffer each, and run the chain
 on one-element lists ``[flat]``. Rules that reduce per tensor read the tensor boundaries from
 ``ctx.segments`` (:class:`gradkit.core.segments.Segments`, made here when the chain asks for
-it); their per-tensor state (one value per tensor) is one buffer with one element per tensor. Under ``torch.compile`` (:mod:`gradkit.core.compiled`) the whole
-chain, plus the final ``p += step``, becomes one generated kernel: one pass over memory, which is
-the floor for elementwise optimizer math.
+it); their per-tensor state (one value per tensor) is one buffer with one element per tensor.
+Under ``torch.compile`` (:mod:`gradkit.core.compiled`) the whole chain, plus the final
+``p += step``, becomes one generated kernel: one pass over memory, which is the floor for
+elementwise optimizer math.
 """
 
 from __future__ import annotations

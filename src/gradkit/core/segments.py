@@ -43,12 +43,16 @@ class Segments:
         device: the buffers' device.
         dtype: the buffers' floating dtype (of the per-tensor constants ``numel``, ``row_size``).
         rows: also make the per-row fields (``row_lengths``, ``row_ids``, ...).
+        elements: make the per-element indices (``ids``, ``row_ids``); without them only the
+            reductions of per-row values and the per-tensor and per-row fields are usable.
 
     Attributes (tensors): ``lengths`` (elements per tensor, int64), ``ids`` (tensor index of
     each element, int32), ``numel``, ``is_matrix`` and ``ndim`` (per tensor: element count as
-    ``dtype``, two or more dimensions and not empty, number of dimensions); with ``rows``: ``row_lengths`` (int64), ``row_ids`` (int32, per
-    element), ``rows_per_tensor`` (int64), ``row_tensor`` (tensor index of each row, int32) and
-    ``row_size`` (elements per row of each tensor, as ``dtype``).
+    ``dtype``, two or more dimensions and not empty, number of dimensions); with ``rows``:
+    ``row_lengths`` (int64), ``row_ids`` (int32, per element), ``rows_per_tensor`` (int64),
+    ``row_tensor`` (tensor index of each row, int32) and ``row_size`` (elements per row of each
+    tensor, as ``dtype``). Python attributes: ``shapes``, ``numels``, ``count`` (tensors) and
+    ``total`` (elements), for :meth:`views`.
     """
 
     def __init__(

@@ -367,9 +367,9 @@ def _update_on_views(
 
     ``updates``, ``state`` and ``params`` are one-element lists of flat buffers (per-tensor
     state: one value per tensor); the transform sees lists of per-tensor views and
-    ``ctx.segments = None``. Its in-place changes land in the flat buffers; a result that is
-    one of the view lists it was given is returned as that flat buffer, any other result is
-    concatenated into a new one.
+    ``ctx.segments = None``. Its in-place changes land in the flat buffers; a result made of
+    the very views it was given (of the updates or of a state buffer) is returned as that flat
+    buffer, any other result is concatenated into a new one.
     """
     seg = ctx.segments
     assert seg is not None
@@ -377,11 +377,11 @@ def _update_on_views(
     u_views = seg.views(updates[0])
     if isinstance(updates, _OwnedList):
         u_views = ctx.owned(u_views)
-    flat_of: dict[int, TensorList] = {id(u_views): updates}
+    given: list[tuple[TensorList, TensorList]] = [(u_views, updates)]  # (views, their flat list)
     view_state: State = {}
     for key, flat in state.items():
         view_state[key] = seg.views(flat[0], per_tensor=key in per_tensor)
-        flat_of[id(view_state[key])] = flat
+        given.append((view_state[key], flat))
     sub = dataclasses.replace(
         ctx,
         segments=None,
@@ -392,8 +392,9 @@ def _update_on_views(
     for key, flat in state.items():  # a lazily allocated buffer: allocated per view, joined
         if flat[0].numel() == 0 and any(v.numel() for v in view_state[key]):
             flat[0] = torch.cat([v.reshape(-1) for v in view_state[key]])
-    if id(out) in flat_of:
-        return flat_of[id(out)]
+    for views, flat in given:  # the views it was given (changed in place): their flat buffer
+        if len(out) == len(views) and all(o is v for o, v in zip(out, views)):
+            return flat
     return ctx.owned([torch.cat([o.reshape(-1) for o in out])])
 
 
