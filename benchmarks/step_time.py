@@ -329,8 +329,6 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
             emit(row)
         for label, make in libs.items():
-            if "fused" in label and not cuda:
-                continue
             if any(x and x in label for x in args.exclude.split(",")):
                 continue
             row = bench_one(
