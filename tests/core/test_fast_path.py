@@ -308,3 +308,43 @@ def test_step_scalars_are_outside_the_per_element_loop() -> None:
         loops = [k for c in codes for k in _fused_kernels(c)]
         assert loops, "no per-element kernel found"
         assert any("pow(" in k for k in loops) == inline, dtype
+
+
+@pytest.mark.parametrize(
+    ("name", "fused"), [("adamw", True), ("adamp", True), ("gravity", "compile")]
+)
+def test_a_failing_compiler_falls_back_to_the_eager_rule(name, fused, monkeypatch) -> None:
+    """When compiling the step fails (no C++ compiler, no Triton, an unsupported op), the
+    optimizer warns once and steps on the eager path, with the same trajectory as an optimizer
+    that never compiled."""
+    import warnings
+
+    import gradkit
+    from gradkit.core import optimizer as optimizer_module
+
+    def failing_compiler(*args, **kwargs):
+        def step(*a, **k):
+            raise torch._dynamo.exc.BackendCompilerFailed(
+                "inductor", RuntimeError("no working C++ compiler"), None
+            )
+
+        return step
+
+    monkeypatch.setattr(optimizer_module, "shared_group_update", failing_compiler)
+    ref_model, model = _model(), _model()
+    ref = gradkit.create_optimizer(ref_model, name, fused=False, lr=1e-2)
+    opt = gradkit.create_optimizer(model, name, fused=fused, lr=1e-2)
+    gen = torch.Generator().manual_seed(3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(6):
+            x, y = torch.randn(16, 6, generator=gen), torch.randn(16, 2, generator=gen)
+            for m, o in ((ref_model, ref), (model, opt)):
+                torch.manual_seed(0)  # Gravity draws its initial velocity
+                o.zero_grad()
+                ((m(x) - y) ** 2).mean().backward()
+                o.step()
+    failures = [w for w in caught if "compiling the optimizer step failed" in str(w.message)]
+    assert len(failures) == 1 and failures[0].category is RuntimeWarning
+    assert "no working C++ compiler" in str(failures[0].message)
+    _close(ref_model, model)

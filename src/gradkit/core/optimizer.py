@@ -9,6 +9,7 @@ so ``state_dict`` / ``load_state_dict`` round-trip and resume bit-exactly.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -121,6 +122,8 @@ class ChainOptimizer(Optimizer):
             )
         self.fused = fused
         self.nonfinite = nonfinite
+        #: set when a compiled step failed to compile: eager from then on (``_run_compiled``)
+        self._compile_failed = False
         self._flat: dict[int, FlatGroup] = {}
         self._compiled: Any = None  # {(dtype, device, path, length): shared compiled step}
         self._compile_backend = "inductor"
@@ -236,14 +239,17 @@ class ChainOptimizer(Optimizer):
         try:
             # the first step on new flat buffers runs eagerly: it allocates lazily made state
             # (momentum buffers, AMSGrad's max), so the compiled code never sees it change
-            if mode == "compiled" and closure is None and fg.stepped:
+            compiled = mode == "compiled" and closure is None and fg.stepped
+            if compiled and not getattr(self, "_compile_failed", False):
                 p0 = fg.param_flat
-                with compile_settings(flat=True):
-                    self._compiled_step(p0.dtype, p0.device.type, True)(
-                        self.transform, [fg.param_flat], [fg.grad_flat], state,
-                        encode_hyperparameters(group), step, fg.segments,
-                    )  # fmt: skip
+                compiled = self._run_compiled(
+                    self._compiled_step(p0.dtype, p0.device.type, True), True,
+                    self.transform, [fg.param_flat], [fg.grad_flat], state,
+                    encode_hyperparameters(group), step, fg.segments,
+                )  # fmt: skip
             else:
+                compiled = False
+            if not compiled:
                 hp = {k: v for k, v in group.items() if k != "params"}
                 flat_update(
                     self.transform, fg.param_flat, fg.grad_flat, state, hp, step, self, closure,
@@ -353,18 +359,14 @@ class ChainOptimizer(Optimizer):
         state = {k: [st[k] for st in states] for k in keys}
         steps = [int(t) for t in torch.stack(step_tensors).tolist()]  # one read, not one a tensor
         try:
-            if self._use_compiled_group(steps, closure):
+            compiled = self._use_compiled_group(steps, closure)
+            if compiled:
                 fn = self._compiled_step(params[0].dtype, params[0].device.type, False, len(params))
-                with compile_settings(flat=False):
-                    fn(
-                        self.transform,
-                        params,
-                        grads,
-                        state,
-                        encode_hyperparameters(group),
-                        steps[0],
-                    )
-            else:
+                compiled = self._run_compiled(
+                    fn, False, self.transform, params, grads, state,
+                    encode_hyperparameters(group), steps[0],
+                )  # fmt: skip
+            if not compiled:
                 ctx = StepContext(
                     group=group, steps=steps, grads=grads, closure=closure, loss=loss,
                     optimizer=self,
@@ -379,7 +381,35 @@ class ChainOptimizer(Optimizer):
         compiled code never sees a buffer change size)."""
         if self.fused != "compile" or closure is not None or self.needs_closure:
             return False
+        if getattr(self, "_compile_failed", False):
+            return False
         return steps[0] > 1 and all(t == steps[0] for t in steps)
+
+    def _run_compiled(self, fn: Callable[..., None], flat: bool, *args: Any) -> bool:
+        """Call a compiled step; False (and one warning) if compiling it failed.
+
+        A compiler that fails (no C++ compiler for inductor on a CPU, no Triton, an
+        unsupported op on some device) must not stop training: the optimizer then steps on
+        the eager path, which computes the same rule, for the rest of its life. Errors of the
+        step itself are raised again by that eager step.
+        """
+        try:
+            with compile_settings(flat=flat):
+                fn(*args)
+        except torch._dynamo.exc.TorchDynamoException as err:
+            self._compile_failed = True
+            cause = getattr(err, "inner_exception", None) or err.__cause__ or err
+            first = (str(cause).strip().splitlines() or [""])[0][:200]
+            warnings.warn(
+                f"{type(self).__name__}: compiling the optimizer step failed "
+                f"({type(err).__name__}: {type(cause).__name__}: {first}); it steps without "
+                "compiling from now on (the same rule on the eager path). Pass fused=False to "
+                "skip compiling.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return False
+        return True
 
     def _compiled_step(
         self, dtype: torch.dtype, device_type: str, flat: bool, length: int = 1
