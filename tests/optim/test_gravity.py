@@ -58,6 +58,7 @@ def test_state_memory():
     assert state_buffers(*one_step(Gravity)) == (1, 0)  # the velocity
 
 
-def test_flat_ok():
+def test_runs_on_flat_buffers_with_tensor_segments():
+    """Per-tensor maximum: the flat path hands the rule the tensor boundaries."""
     opt = Gravity([torch.zeros(3, 2, requires_grad=True)])
-    assert opt.transform.flat_ok is False  # per-tensor max
+    assert opt.transform.flat_ok is True and opt.transform.segments == "tensors"

@@ -23,13 +23,15 @@ class ScaleByGravity(GradientTransformation):
     and the optimizer steps ``p <- p - lr * V``. ``V`` starts as a draw from
     ``N(0, (alpha / lr)^2)`` (torch's global generator, on the parameter's first step).
     Hyperparameters ``alpha`` in (0, 1] and ``beta`` in [0, 1]; reads ``lr`` for the
-    initialisation. Per-tensor maximum, so ``flat_ok`` is False.
+    initialisation. Per-tensor maximum: a loop over tensors, or on a flat buffer one segmented
+    reduction (``ctx.segments``); the initial draw is made tensor by tensor on either path, so
+    both draw the same numbers.
 
     Bahrami & Zadeh, "Gravity Optimizer: a Kinematic Approach on Optimization in Deep
     Learning", arXiv 2101.09192.
     """
 
-    flat_ok = False
+    segments = "tensors"
     hyperparameters = (
         interval("alpha", 0.01, 0.0, 1.0, low_open=True),
         interval("beta", 0.9, 0.0, 1.0),
@@ -45,6 +47,16 @@ class ScaleByGravity(GradientTransformation):
         vel = state["velocity"]
         lr = group["lr"]
         lr = lr.item() if isinstance(lr, torch.Tensor) else lr
+        weight = ctx.per_step(lambda t: (group["beta"] * t + 1.0) / (t + 2.0))
+        if ctx.segments is not None:
+            seg, buf, u = ctx.segments, vel[0], updates[0]
+            if buf.numel() == 0 and u.numel() > 0:
+                buf.resize_as_(u)
+                for view in seg.views(buf):  # tensor by tensor: the per-tensor path's draws
+                    view.normal_(mean=0.0, std=group["alpha"] / lr)
+            scaled = u * seg.expand(seg.tensor_abs_max(u))
+            buf.lerp_(u / (scaled * scaled + 1.0), 1.0 - weight)
+            return [buf]
         for buf, u in zip(vel, updates):
             if buf.numel() == 0 and u.numel() > 0:
                 buf.resize_as_(u).normal_(mean=0.0, std=group["alpha"] / lr)
@@ -53,7 +65,6 @@ class ScaleByGravity(GradientTransformation):
         torch._foreach_mul_(scaled, scaled)
         torch._foreach_add_(scaled, 1.0)
         zeta = torch._foreach_div(updates, scaled)
-        weight = ctx.per_step(lambda t: (group["beta"] * t + 1.0) / (t + 2.0))
         if isinstance(weight, list):  # parameters on different steps (rare)
             for v, z, w in zip(vel, zeta, weight):
                 v.lerp_(z, 1.0 - w)
