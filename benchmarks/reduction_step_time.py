@@ -1,9 +1,9 @@
 """Step time of the optimizers with per-tensor reductions, interleaved, against the libraries.
 
-AdamP, SGDP, NovoGrad, MARS, Stable-SPAM and Ranger21 reduce per tensor (or per row). For each,
-every row below steps its own copy of the same parameter set with fixed random gradients, and
-the rows are timed in interleaved rounds (each round: every row in turn, ``--steps`` steps each,
-median per row), so that a change in the machine's load hits all rows alike; per round each row's
+AdamP, SGDP, NovoGrad, MARS, Stable-SPAM, Gravity and Ranger21 reduce per tensor (or per row).
+For each, every row below steps its own copy of the same parameter set with fixed random
+gradients, and the rows are timed in interleaved rounds (each round: every row in turn,
+``--steps`` steps each, median per row), so that a change in the machine's load hits all rows alike; per round each row's
 time is divided by the fastest library row's of that round, and the table gives the median
 over rounds of those ratios and of the times.
 
@@ -41,7 +41,7 @@ from step_time import MAPPING, gpt2_shapes, make_params  # noqa: E402
 
 import gradkit  # noqa: E402
 
-OPTIMIZERS = ("adamp", "sgdp", "novograd", "mars", "stable_spam", "ranger21")
+OPTIMIZERS = ("adamp", "sgdp", "novograd", "mars", "stable_spam", "gravity", "ranger21")
 SETS = {
     "gpt-like": lambda: gpt_like_shapes(12),
     "gpt2-scaled": lambda: gpt2_shapes(width=256, layers=4, vocab=8192, ctx=256),

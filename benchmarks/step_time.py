@@ -134,6 +134,7 @@ MAPPING: dict[str, tuple[dict[str, Any], dict[str, Callable]]] = {
         ADAM_HP,
         {"pytorch_optimizer.Ranger21": _po("Ranger21", num_iterations=1000)},
     ),
+    "gravity": ({"lr": 1e-2}, {"pytorch_optimizer.Gravity": _po("Gravity")}),
     "novograd": (
         ADAM_HP,
         {
