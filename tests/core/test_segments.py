@@ -74,6 +74,37 @@ def test_reductions_and_broadcasts_equal_per_tensor_loops() -> None:
     assert seg.ndim.tolist() == [len(shape) for shape in SHAPES]
 
 
+def test_element_counts_stay_exact_for_16_bit_buffers() -> None:
+    """1001 is not a bfloat16 number: the per-tensor constants of a bf16 group are float32, so
+    thresholds like delta / sqrt(numel) and std's n - 1 stay exact."""
+    seg = Segments([(1001,), (7, 143)], torch.device("cpu"), torch.bfloat16, rows=True)
+    assert seg.numel.dtype == torch.float32 and seg.numel.tolist() == [1001, 1001]
+    assert seg.row_size.tolist() == [1001, 143]
+
+
+@pytest.mark.parametrize("name", ["ranger21", "adamp", "novograd"])
+def test_bf16_flat_path_keeps_dtypes_and_follows_the_per_tensor_path(
+    name: str, monkeypatch
+) -> None:
+    """bf16 parameters: the segmented form runs, its parameters and state keep the dtypes of
+    the per-tensor path, and it stays within bf16 rounding of that path over a few steps."""
+    monkeypatch.setattr(Segments, "use_views", lambda self, x: False)
+    runs = []
+    for fused in (False, "flat"):
+        model = _model().to(torch.bfloat16)
+        opt = gradkit.create_optimizer(model, name, fused=fused, **HP[name])
+        _train(model, opt, 3, dtype=torch.bfloat16)
+        runs.append((model, opt))
+    for p, q in zip(runs[0][0].parameters(), runs[1][0].parameters()):
+        assert q.dtype == torch.bfloat16
+        ref_state, flat_state = runs[0][1].state[p], runs[1][1].state[q]
+        assert {k: v.dtype for k, v in ref_state.items()} == {
+            k: v.dtype for k, v in flat_state.items()
+        }
+    for p, q in zip(runs[0][0].parameters(), runs[1][0].parameters()):
+        torch.testing.assert_close(p.float(), q.float(), rtol=0.05, atol=0.02)
+
+
 def _model(seed: int = 0, hidden: int = 8, layers: int = 1) -> nn.Module:
     """A convolution followed by batch norm (scale-invariant, so AdamP/SGDP project it; no bias
     there, whose gradient would be rounding noise), then ``layers`` linear layers."""

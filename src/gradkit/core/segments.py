@@ -41,7 +41,8 @@ class Segments:
     Args:
         shapes: the tensors' shapes, in buffer order.
         device: the buffers' device.
-        dtype: the buffers' floating dtype (of the per-tensor constants ``numel``, ``row_size``).
+        dtype: the buffers' floating dtype; the per-tensor constants ``numel`` and ``row_size``
+            take it, or float32 for 16-bit dtypes (which cannot hold element counts exactly).
         rows: also make the per-row fields (``row_lengths``, ``row_ids``, ...).
         elements: make the per-element indices (``ids``, ``row_ids``); without them only the
             reductions of per-row values and the per-tensor and per-row fields are usable.
@@ -65,6 +66,8 @@ class Segments:
         elements: bool = True,
     ) -> None:
         numels = [math.prod(s) for s in shapes]
+        # element counts as floats: exact up to 2^24 at least (bf16 and fp16 would round them)
+        dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
         self.shapes = [tuple(s) for s in shapes]
         self.numels = numels
         self.count = len(numels)

@@ -36,7 +36,8 @@ class GradientCentralization(GradientTransformation):
             seg, u = ctx.segments, updates[0]
             mean = seg.row_sum(u) / seg.to_rows(seg.row_size)
             centred = seg.to_rows(seg.ndim >= min_ndim)
-            return ctx.owned([u - seg.expand_rows(torch.where(centred, mean, 0.0))])
+            centring = seg.expand_rows(torch.where(centred, mean, 0.0))
+            return ctx.owned([(u - centring).to(u.dtype)])
         if not any(u.ndim >= min_ndim for u in updates):
             return updates
         out = ctx.writable(updates)  # centred in place: no temporary per tensor

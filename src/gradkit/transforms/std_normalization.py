@@ -31,7 +31,7 @@ class NormalizeByStd(GradientTransformation):
             n = seg.numel
             dev = u - seg.expand(seg.tensor_sum(u) / n.clamp_min(1.0))
             std = (seg.tensor_sum(dev * dev) / (n - 1.0).clamp_min(1.0)).sqrt()
-            return ctx.owned([u / seg.expand(torch.where(n > 2, std + _EPS, 1.0))])
+            return ctx.owned([(u / seg.expand(torch.where(n > 2, std + _EPS, 1.0))).to(u.dtype)])
         out = ctx.writable(updates)  # scaled in place: no temporary per tensor
         for u in out:
             if u.numel() > 2:
