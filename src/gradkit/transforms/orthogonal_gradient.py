@@ -71,14 +71,15 @@ class OrthogonalGradient(GradientTransformation):
     ``chain(OrthogonalGradient(), ScaleByAdam(), decoupled_weight_decay(),
     ScaleByLearningRate())`` (registered as ``perp_adamw``).
 
-    Per-tensor reductions, so ``flat_ok`` is False. Complex parameters are projected as their
-    real view.
+    Per-tensor reductions: a loop over tensors, or on a flat buffer segmented reductions over
+    all tensors at once (``ctx.segments``). Complex parameters are projected as their real view
+    (they never reach a flat buffer).
 
     Paper: "Grokking at the Edge of Numerical Stability", Lucas Prieto, Melih Barsbey, Pedro
     A. M. Mediano, Tolga Birdal, 2025 (ICLR), arXiv 2501.04697.
     """
 
-    flat_ok = False
+    segments = "tensors"
 
     def __init__(self, *, rescale: bool = True) -> None:
         if not isinstance(rescale, bool):
@@ -88,6 +89,18 @@ class OrthogonalGradient(GradientTransformation):
     def update(
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
+        if ctx.segments is not None:
+            g, w, seg = updates[0], params[0], ctx.segments
+            g32, w32 = _real(g), _real(w)
+            coef = seg.tensor_sum(w32 * g32) / (seg.tensor_sum(w32 * w32) + _TINY)
+            perp = g32 - seg.expand(coef) * w32
+            if self.rescale:
+                g_norm, p_norm = seg.tensor_norm(g32), seg.tensor_norm(perp)
+                noise = _ROUNDING * torch.finfo(perp.dtype).eps * g_norm
+                perp = perp * seg.expand(
+                    torch.where(p_norm > noise, g_norm / (p_norm + _TINY), 0.0)
+                )
+            return ctx.owned([perp.to(g.dtype)])
         return ctx.owned(orthogonal_to_weights(updates, params, rescale=self.rescale))
 
     def __repr__(self) -> str:
