@@ -240,15 +240,14 @@ class ChainOptimizer(Optimizer):
             # the first step on new flat buffers runs eagerly: it allocates lazily made state
             # (momentum buffers, AMSGrad's max), so the compiled code never sees it change
             compiled = mode == "compiled" and closure is None and fg.stepped
-            if compiled and not getattr(self, "_compile_failed", False):
+            compiled = compiled and not getattr(self, "_compile_failed", False)
+            if compiled:
                 p0 = fg.param_flat
                 compiled = self._run_compiled(
                     self._compiled_step(p0.dtype, p0.device.type, True), True,
                     self.transform, [fg.param_flat], [fg.grad_flat], state,
                     encode_hyperparameters(group), step, fg.segments,
                 )  # fmt: skip
-            else:
-                compiled = False
             if not compiled:
                 hp = {k: v for k, v in group.items() if k != "params"}
                 flat_update(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -38,19 +40,38 @@ def orthogonal_to_weights(
     """
     out = []
     for g, w in zip(updates, params):
-        g32, w32 = _real(g), _real(w)
-        coef = (w32 * g32).sum() / ((w32 * w32).sum() + _TINY)
-        perp = g32 - coef * w32
-        if rescale:
-            g_norm, p_norm = torch.linalg.vector_norm(g32), torch.linalg.vector_norm(perp)
-            # a remainder at rounding level (g parallel to w, or a one-element tensor) is no
-            # direction: it stays ~0 instead of being blown up to ||g||
-            noise = _ROUNDING * torch.finfo(perp.dtype).eps * g_norm
-            perp = perp * torch.where(p_norm > noise, g_norm / (p_norm + _TINY), 0.0)
+        perp = _remove_weight_component(
+            _real(g), _real(w), rescale=rescale, total=torch.sum,
+            norm=torch.linalg.vector_norm, spread=lambda x: x,
+        )  # fmt: skip
         if g.is_complex():
             perp = torch.view_as_complex(perp.to(torch.view_as_real(g).dtype).contiguous())
         out.append(perp.to(g.dtype))
     return out
+
+
+def _remove_weight_component(
+    g32: Tensor,
+    w32: Tensor,
+    *,
+    rescale: bool,
+    total: Callable[[Tensor], Tensor],
+    norm: Callable[[Tensor], Tensor],
+    spread: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """The rule of :func:`orthogonal_to_weights` for one tensor, or for all tensors of a flat
+    buffer at once: ``total`` sums and ``norm`` takes the norm per tensor, ``spread`` broadcasts
+    per-tensor values back to the entries (plain reductions and no broadcast for one tensor;
+    segmented ones on a flat buffer)."""
+    coef = total(w32 * g32) / (total(w32 * w32) + _TINY)
+    perp = g32 - spread(coef) * w32
+    if rescale:
+        g_norm, p_norm = norm(g32), norm(perp)
+        # a remainder at rounding level (g parallel to w, or a one-element tensor) is no
+        # direction: it stays ~0 instead of being blown up to ||g||
+        noise = _ROUNDING * torch.finfo(perp.dtype).eps * g_norm
+        perp = perp * spread(torch.where(p_norm > noise, g_norm / (p_norm + _TINY), 0.0))
+    return perp
 
 
 class OrthogonalGradient(GradientTransformation):
@@ -90,16 +111,11 @@ class OrthogonalGradient(GradientTransformation):
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
         if ctx.segments is not None:
-            g, w, seg = updates[0], params[0], ctx.segments
-            g32, w32 = _real(g), _real(w)
-            coef = seg.tensor_sum(w32 * g32) / (seg.tensor_sum(w32 * w32) + _TINY)
-            perp = g32 - seg.expand(coef) * w32
-            if self.rescale:
-                g_norm, p_norm = seg.tensor_norm(g32), seg.tensor_norm(perp)
-                noise = _ROUNDING * torch.finfo(perp.dtype).eps * g_norm
-                perp = perp * seg.expand(
-                    torch.where(p_norm > noise, g_norm / (p_norm + _TINY), 0.0)
-                )
+            g, seg = updates[0], ctx.segments
+            perp = _remove_weight_component(
+                _real(g), _real(params[0]), rescale=self.rescale, total=seg.tensor_sum,
+                norm=seg.tensor_norm, spread=seg.expand,
+            )  # fmt: skip
             return ctx.owned([perp.to(g.dtype)])
         return ctx.owned(orthogonal_to_weights(updates, params, rescale=self.rescale))
 
