@@ -5,7 +5,9 @@ For each, every row below steps its own copy of the same parameter set with fixe
 gradients, and the rows are timed in interleaved rounds (each round: every row in turn,
 ``--steps`` steps each, median per row), so that a change in the machine's load hits all rows alike; per round each row's
 time is divided by the fastest library row's of that round, and the table gives the median
-over rounds of those ratios and of the times.
+over rounds of those ratios and of the times, and the minor page faults per timed step (on a
+CPU, re-allocated temporaries that the allocator had handed back to the kernel cost more than
+their arithmetic; see docs/benchmarks.md).
 
 Rows: gradkit's default path (``fused=None``: the eager per-tensor path on a CPU, the compiled
 flat path on CUDA), ``fused="flat"`` (flat buffers, eager: on a CPU the per-tensor form on views),
@@ -26,6 +28,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -74,9 +77,11 @@ def bench(name: str, shapes, device: torch.device, rounds: int, steps: int) -> l
         except Exception as exc:  # noqa: BLE001 (a library failing is reported, not fatal)
             errors[label] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
     times: dict[str, list[float]] = {label: [] for label in steppers}
+    faults: dict[str, int] = {label: 0 for label in steppers}
     for _ in range(rounds):
         for label, step in steppers.items():
             one = []
+            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             for _ in range(steps):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
@@ -86,11 +91,13 @@ def bench(name: str, shapes, device: torch.device, rounds: int, steps: int) -> l
                     torch.cuda.synchronize()
                 one.append(time.perf_counter() - t0)
             times[label].append(statistics.median(one) * 1e3)
+            faults[label] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
     libs = [label for label in steppers if not label.startswith("gradkit")]
     best = [min(times[lb][r] for lb in libs) for r in range(rounds)] if libs else None
     out = []
     for label in steppers:
         row = {"optimizer": name, "row": label, "ms": statistics.median(times[label])}
+        row["page_faults_per_step"] = faults[label] / (rounds * steps)
         if best:
             row["vs_fastest_library"] = statistics.median(t / b for t, b in zip(times[label], best))
         out.append(row)
@@ -134,7 +141,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{header['device']}, {args.threads} thread(s), torch {header['torch']}, "
         f"{header['tensors']} tensors, {header['params'] / 1e6:.2f}M params, {header['date']}"
     )
-    print(f"{'optimizer':12s} {'row':30s} {'ms/step':>9s} {'vs fastest library':>19s}")
+    print(
+        f"{'optimizer':12s} {'row':30s} {'ms/step':>9s} {'vs fastest library':>19s}"
+        f" {'page faults/step':>17s}"
+    )
     for r in rows:
         if "error" in r:
             print(f"{r['optimizer']:12s} {r['row']:30s} {r['error']}")
@@ -142,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         vs = r.get("vs_fastest_library")
         print(
             f"{r['optimizer']:12s} {r['row']:30s} {r['ms']:9.2f} "
-            f"{(f'{vs:.2f}' if vs is not None else '-'):>19s}"
+            f"{(f'{vs:.2f}' if vs is not None else '-'):>19s} {r['page_faults_per_step']:17.0f}"
         )
     if args.json:
         with open(args.json, "w") as fh:
