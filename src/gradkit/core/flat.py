@@ -126,6 +126,8 @@ class FlatGroup:
                 if not (sizes == {True} or empty):
                     return None
             fg.step = steps.pop()
+            # state that has taken a step holds every lazily made buffer: no eager first step
+            fg.stepped = fg.step > 0
         p0 = params[0]
         with torch.no_grad():
             fg.param_flat = torch.empty(fg.total, dtype=p0.dtype, device=p0.device)

@@ -9,6 +9,7 @@ so ``state_dict`` / ``load_state_dict`` round-trip and resume bit-exactly.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -29,7 +30,20 @@ __all__ = ["ChainOptimizer"]
 MAXIMIZE = flag("maximize", False)
 #: the construction options every gradkit optimizer takes
 FUSED = choice("fused", None, (None, True, False, "flat", "compile"))
+
+#: On a CPU, the default (``fused=None``) compiles the flat step of an elementwise chain once a
+#: param group has done this many parameter-steps (its element count times its steps) eagerly:
+#: the work at which the eager steps' excess over compiled ones (about 2.5 ns per element and
+#: step on the 2-core machine of docs/benchmarks.md) has cost what compiling costs (about 2.5 s
+#: with inductor's cache warm, 12 s cold). Paying for the compiler only once it has been
+#: matched by time already lost ("rent until the rent paid equals the price") costs at most
+#: twice the better of the two choices made in hindsight; short runs and small models (the test
+#: suite, ``gradkit compare``'s tasks) never compile. A function of the step count, so that a
+#: resumed run switches at the same step as an uninterrupted one.
+CPU_COMPILE_AFTER_ELEMENT_STEPS = 2_000_000_000
 NONFINITE = choice("nonfinite", "ignore", ("ignore", "skip", "raise"))
+
+_log = logging.getLogger(__name__)
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -66,7 +80,10 @@ class ChainOptimizer(Optimizer):
             transforms' own defaults. ``maximize=True`` ascends instead of descending.
         fused: the fast paths (docs/performance.md). ``None`` (default): flat buffers + compiled
             step for param groups on CUDA when every transform is ``flat_ok`` and
-            ``compile_ok`` (no step-dependent Python control flow); ``True``: that
+            ``compile_ok`` (no step-dependent Python control flow); on a CPU the same for
+            elementwise chains once the group's eager steps have cost what compiling costs
+            (``CPU_COMPILE_AFTER_ELEMENT_STEPS`` parameter-steps: 95 steps of 21M parameters,
+            never for small models in short runs); ``True``: compiled from the second step
             wherever possible (also on CPU); ``"flat"``: flat buffers without compiling (for
             checks); ``"compile"``: the per-tensor lists under ``torch.compile``, for chains
             that are not ``flat_ok`` (per-tensor reductions); ``False``: always the eager
@@ -213,9 +230,35 @@ class ChainOptimizer(Optimizer):
             return "eager"
         if self.fused is None:
             first = group["params"][0] if group["params"] else None
-            if first is None or first.device.type != "cuda" or not self.transform.compile_ok:
+            if first is None or not self.transform.compile_ok:
+                return None
+            if first.device.type == "cpu":
+                return "compiled" if self._cpu_compile_pays(group) else None
+            if first.device.type != "cuda":
                 return None
         return "compiled"
+
+    def _cpu_compile_pays(self, group: dict[str, Any]) -> bool:
+        """The CPU default's choice (``CPU_COMPILE_AFTER_ELEMENT_STEPS``): compile the flat step
+        once this group's eager steps have cost what compiling costs. Not for chains that
+        reduce per tensor (their compiled segmented form is slower than the eager per-tensor
+        one on a CPU, docs/performance.md)."""
+        if self.transform.segments is not None:
+            return False
+        fg = self._flat.get(id(group))
+        if fg is not None and fg.group is group:
+            return True  # already switched; steps only grow
+        st = next((self.state[p] for p in group["params"] if self.state.get(p)), None)
+        done = float(st["step"]) if st is not None and "step" in st else 0.0
+        numel = sum(p.numel() for p in group["params"] if p.grad is not None)
+        if done * numel < CPU_COMPILE_AFTER_ELEMENT_STEPS:
+            return False
+        _log.info(
+            "%s: compiling the step of a group of %d parameters after %d eager steps "
+            "(CPU default; fused=False keeps the eager path)",
+            type(self).__name__, numel, int(done),
+        )  # fmt: skip
+        return True
 
     def _flat_step(
         self, group: dict[str, Any], closure: Callable[[], Any] | None, loss: Any
