@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from gradkit.core.elementwise_math import sigmoid_
 from gradkit.core.hyperparams import betas, interval
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
 from gradkit.transforms.moments import _adam_denominator, _adam_moment_buffers, _update_adam_moments
@@ -53,16 +54,7 @@ class ScaleByDiffGrad(GradientTransformation):
         # friction xi = sigmoid(|g_prev - g|), computed in a fresh buffer
         xi = torch._foreach_sub(prev, updates)
         torch._foreach_abs_(xi)
-        if torch.compiler.is_compiling():
-            # sigmoid(x) = 1 / (1 + e^-x), written with pow(e, .): torch.compile has fused
-            # lowerings for _foreach_pow(scalar, tensors) but none for _foreach_sigmoid (it would
-            # cost an extra eager pass over memory). x >= 0, so e^-x cannot overflow.
-            torch._foreach_neg_(xi)
-            xi = torch._foreach_pow(math.e, xi)
-            torch._foreach_add_(xi, 1.0)
-            torch._foreach_reciprocal_(xi)
-        else:  # eager: one pass
-            torch._foreach_sigmoid_(xi)
+        sigmoid_(xi)
         torch._foreach_copy_(prev, updates)
         denom = _adam_denominator(
             v, ctx.per_step(lambda t: math.sqrt(1 - beta2**t)), ctx.group["eps"]

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from gradkit.core.elementwise_math import cube_root
 from gradkit.core.hyperparams import interval
 from gradkit.core.transform import GradientTransformation, State, StepContext, TensorList
 
@@ -49,7 +50,7 @@ class MadgradStep(GradientTransformation):
         }
 
     def _ratio(self, s: TensorList, nu: TensorList, eps: float) -> TensorList:
-        denom = torch._foreach_pow(nu, 1.0 / 3.0)
+        denom = cube_root(nu)
         torch._foreach_add_(denom, eps)
         return torch._foreach_div(s, denom)
 
@@ -105,7 +106,7 @@ class MadgradStep(GradientTransformation):
                 x0[i].resize_as_(params[i]).copy_(params[i]).add_(r)
         torch._foreach_addcmul_(nu, updates, updates, lams[0])
         torch._foreach_add_(s, updates, alpha=lams[0])
-        rms = torch._foreach_pow(nu, 1.0 / 3.0)
+        rms = cube_root(nu)
         torch._foreach_add_(rms, eps)
         z = torch._foreach_addcdiv(x0, s, rms, -1.0)
         torch._foreach_lerp_(params, z, 1.0 - mom)
