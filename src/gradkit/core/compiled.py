@@ -215,17 +215,33 @@ _DYNAMIC_SCALARS = (
 _DYNAMIC_BUFFERS = r"L\['params'\],L\['grads'\],L\['state'\],L\['segments'\]"
 
 
+def _patches(flat: bool) -> list[Any]:
+    out = [torch._dynamo.config.patch(capture_scalar_outputs=True)]
+    if _HAVE_DYNAMIC_SOURCES:
+        sources = _DYNAMIC_SCALARS + ("," + _DYNAMIC_BUFFERS if flat else "")
+        out.append(torch.compiler.config.patch(dynamic_sources=sources))
+    return out
+
+
+#: the patches, made once where torch allows: making a config patch defines a class (about 10 us
+#: a step each). Where a patch keeps its saved values in a ContextVar stack (``_prior``: per
+#: thread and per nesting level, torch 2.13) one object serves every call; older patches keep
+#: one saved state per object and are made per call.
+_REUSABLE_PATCHES = {flat: _patches(flat) for flat in (True, False)}
+if not all(hasattr(p, "_prior") for ps in _REUSABLE_PATCHES.values() for p in ps):
+    _REUSABLE_PATCHES = {}
+
+
 @contextlib.contextmanager
 def compile_settings(flat: bool = True) -> Iterator[None]:
     """Dynamo settings for calling a compiled step: per-step scalars read through ``.item()``
     are captured (not a graph break; :class:`_CompiledContext`), and the step, the lr, the
     mantissas of the other hyperparameters and (``flat``) the buffer lengths are symbolic from
     the first compile (no recompile when they change)."""
+    patches = _REUSABLE_PATCHES.get(flat) or _patches(flat)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(torch._dynamo.config.patch(capture_scalar_outputs=True))
-        if _HAVE_DYNAMIC_SOURCES:
-            sources = _DYNAMIC_SCALARS + ("," + _DYNAMIC_BUFFERS if flat else "")
-            stack.enter_context(torch.compiler.config.patch(dynamic_sources=sources))
+        for patch in patches:
+            stack.enter_context(patch)
         yield
 
 
