@@ -28,10 +28,7 @@ import datetime
 import json
 import os
 import platform
-import resource
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +37,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from first_step_latency import shapes as gpt_like_shapes  # noqa: E402
 from gradient_replay import stepper  # noqa: E402
+from interleaved_timing import emitter, summarize, time_interleaved  # noqa: E402
 from step_time import MAPPING, gpt2_shapes, make_params  # noqa: E402
 
 import gradkit  # noqa: E402
@@ -76,31 +74,9 @@ def bench(name: str, shapes, device: torch.device, rounds: int, steps: int) -> l
             steppers[label] = step
         except Exception as exc:  # noqa: BLE001 (a library failing is reported, not fatal)
             errors[label] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
-    times: dict[str, list[float]] = {label: [] for label in steppers}
-    faults: dict[str, int] = {label: 0 for label in steppers}
-    for _ in range(rounds):
-        for label, step in steppers.items():
-            one = []
-            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            for _ in range(steps):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                one.append(time.perf_counter() - t0)
-            times[label].append(statistics.median(one) * 1e3)
-            faults[label] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
+    times, faults = time_interleaved(steppers, device, rounds, steps)
     libs = [label for label in steppers if not label.startswith("gradkit")]
-    best = [min(times[lb][r] for lb in libs) for r in range(rounds)] if libs else None
-    out = []
-    for label in steppers:
-        row = {"optimizer": name, "row": label, "ms": statistics.median(times[label])}
-        row["page_faults_per_step"] = faults[label] / (rounds * steps)
-        if best:
-            row["vs_fastest_library"] = statistics.median(t / b for t, b in zip(times[label], best))
-        out.append(row)
+    out = summarize(name, times, faults, libs)
     out += [{"optimizer": name, "row": label, "error": err} for label, err in errors.items()]
     return out
 
@@ -114,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=5, help="steps per row and round")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--jsonl", default=None, help="append each row here as soon as it is measured")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -130,11 +107,12 @@ def main(argv: list[str] | None = None) -> None:
         "params": sum(torch.Size(s).numel() for s in shapes),
         "command": " ".join(["python"] + sys.argv),
     }
-    print(json.dumps(header), flush=True)
+    emit = emitter(args.jsonl)
+    emit(header)
     rows = []
     for name in [n for n in args.optimizers.split(",") if n]:
         for row in bench(name, shapes, device, args.rounds, args.steps):
-            print(json.dumps(row), flush=True)
+            emit(row)
             rows.append(row)
     print()
     print(
