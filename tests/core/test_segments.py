@@ -1,6 +1,6 @@
 """Segmented reductions over flat buffers (gradkit.core.segments), and the optimizers that reduce
-per tensor (AdamP, SGDP, NovoGrad, MARS, Stable-SPAM, Gravity, ⊥AdamW, Ranger21) on the flat
-path, against their per-tensor eager path."""
+per tensor (AdamP, SGDP, NovoGrad, MARS, Stable-SPAM, Gravity, ⊥AdamW, Ranger21, Lion-kappa with
+the l2 kappa) on the flat path, against their per-tensor eager path."""
 
 from __future__ import annotations
 
@@ -18,20 +18,22 @@ SHAPES = [(3, 4), (5,), (0, 3), (2, 2, 2), (), (4, 0), (1, 7), (6, 1, 2)]
 #: every optimizer whose rule reduces per tensor and that runs on the flat path
 SEGMENTED = [
     "adamp", "sgdp", "novograd", "mars", "stable_spam", "gravity", "perp_adamw", "ranger21",
+    "lion_kappa",
 ]  # fmt: skip
 HP = {
     "adamp": {"lr": 1e-2, "weight_decay": 0.1},
     "sgdp": {"lr": 0.05, "weight_decay": 1e-2, "nesterov": True},
     "novograd": {"lr": 1e-2, "weight_decay": 0.1},
     "mars": {"lr": 1e-2, "max_correction_norm": 0.05},
-    "stable_spam": {"lr": 1e-2, "weight_decay": 0.1, "t_max": 50},
+    # its random initial velocity: drawn tensor by tensor on both paths
     "gravity": {"lr": 0.05},
-    "perp_adamw": {
-        "lr": 1e-2,
-        "weight_decay": 0.1,
-    },  # the rescaled projection of the code  # its random initial velocity: drawn tensor by tensor on both paths
+    "stable_spam": {"lr": 1e-2, "weight_decay": 0.1, "t_max": 50},
+    # the rescaled projection of the authors' code
+    "perp_adamw": {"lr": 1e-2, "weight_decay": 0.1},
     # unit-wise clipping, centralization, std normalization, norm loss, warm-up/down, Lookahead
     "ranger21": {"lr": 1e-2, "num_iterations": 100},
+    # kappa = the l2 norm of each tensor: the direction is m / ||m|| per tensor
+    "lion_kappa": {"lr": 1e-3, "kappa": "l2", "weight_decay": 0.1},
 }
 
 

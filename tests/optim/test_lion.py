@@ -132,8 +132,12 @@ def test_lion_state_is_one_buffer() -> None:
 
 
 def test_flat_ok() -> None:
+    """Every kappa runs on flat buffers; the l2 kappa reduces per tensor, so it asks for the
+    tensor boundaries (its flat trajectory is tested in tests/core/test_segments.py)."""
     assert Lion([torch.zeros(1, requires_grad=True)]).transform.flat_ok
-    assert not LionKappa([torch.zeros(1, requires_grad=True)], kappa="l2").transform.flat_ok
+    assert Lion([torch.zeros(1, requires_grad=True)]).transform.segments is None
+    l2 = LionKappa([torch.zeros(1, requires_grad=True)], kappa="l2").transform
+    assert l2.flat_ok and l2.segments == "tensors"
 
 
 @pytest.mark.parametrize("cls", [Lion, LionKappa])

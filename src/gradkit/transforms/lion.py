@@ -21,8 +21,8 @@ class ScaleByLion(GradientTransformation):
     - ``"sign"``: kappa = l1 norm, ``grad_kappa = sign`` (Lion);
     - ``"huber"``: kappa = Huber function, ``grad_kappa = clamp(x, -1, 1)`` (sign for large
       entries, linear for small ones);
-    - ``"l2"``: kappa = l2 norm of each tensor, ``grad_kappa = x / ||x||`` (per-tensor, so
-      ``flat_ok`` is False for it).
+    - ``"l2"``: kappa = l2 norm of each tensor, ``grad_kappa = x / ||x||`` (per tensor: on a
+      flat buffer the norms are segmented sums, ``segments = "tensors"``).
 
     Every map has entries in [-1, 1], so with decoupled weight decay lambda and ``lr * lambda
     <= 1`` the iterates stay in (or enter) the box ``||x||_inf <= 1 / lambda``. One state buffer
@@ -30,7 +30,7 @@ class ScaleByLion(GradientTransformation):
 
     Chen et al., "Symbolic Discovery of Optimization Algorithms", arXiv 2302.06675 (Lion);
     Chen, Liu, Liang & Liu, "Lion Secretly Solves Constrained Optimization: As Lyapunov
-    Predicts", arXiv 2310.05898 (Lion-kappa, ).
+    Predicts", arXiv 2310.05898 (Lion-kappa).
     """
 
     hyperparameters = (betas("betas", (0.9, 0.99)),)
@@ -39,7 +39,7 @@ class ScaleByLion(GradientTransformation):
         if kappa not in KAPPAS:
             raise ValueError(f"Invalid kappa: {kappa!r}; kappa must be one of {KAPPAS!r}")
         self.kappa = kappa
-        self.flat_ok = kappa != "l2"
+        self.segments = "tensors" if kappa == "l2" else None
 
     def init(self, params: TensorList) -> State:
         return {
@@ -58,6 +58,11 @@ class ScaleByLion(GradientTransformation):
         elif self.kappa == "huber":
             torch._foreach_clamp_min_(c, -1.0)
             torch._foreach_clamp_max_(c, 1.0)
+        elif ctx.segments is not None:  # one flat buffer: the norms as segmented sums
+            x = c[0]
+            wide = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+            norms = ctx.segments.tensor_norm(wide).clamp_min_(torch.finfo(x.dtype).tiny)
+            x.div_(ctx.segments.expand(norms).to(x.dtype))
         else:
             norms = torch._foreach_norm(c)
             torch._foreach_clamp_min_(norms, torch.finfo(c[0].dtype).tiny)
