@@ -290,9 +290,12 @@ def _fused_kernels(code: str) -> list[str]:
 def test_step_scalars_are_outside_the_per_element_loop() -> None:
     """Inductor (C++ on CPU): Adam's bias corrections ``1 - beta**t`` are computed once per
     step (a one-element kernel, then a kernel argument), not as ``pow(beta, t)`` per element,
-    and the hyperparameters are decoded by divisions: no ``pow`` in the per-element loop. In
-    float64 the bias corrections stay inline (inductor passes such kernel arguments as 32-bit
-    floats)."""
+    and so are the scalars made from the learning rate (its decoding divides by symbolic
+    powers of two): no ``pow`` and no division by a kernel argument in the per-element loop.
+    In float64 the bias corrections stay inline (inductor passes such kernel arguments as
+    32-bit floats)."""
+    import re
+
     from torch._inductor.utils import run_and_get_code
 
     torch._dynamo.reset()
@@ -308,6 +311,8 @@ def test_step_scalars_are_outside_the_per_element_loop() -> None:
         loops = [k for c in codes for k in _fused_kernels(c)]
         assert loops, "no per-element kernel found"
         assert any("pow(" in k for k in loops) == inline, dtype
+        divides_by_argument = [re.search(r"/ \(?static_cast<double>\(ks\d+\)", k) for k in loops]
+        assert any(divides_by_argument) == inline, dtype
 
 
 @pytest.mark.parametrize(

@@ -68,25 +68,32 @@ class _CompiledContext(StepContext):
     def is_owned(self, updates: list[Tensor]) -> bool:
         return False
 
-    def per_step(self, fn: Callable[[int], float]) -> float | list[float]:
-        """``fn(step)``, computed once per step outside the generated per-element loop.
+    def loop_scalar(self, value: float) -> float:
+        """``value``, computed once per step outside the generated per-element loop.
 
-        Under the compiler ``fn(step)`` is a symbolic expression of the step and the encoded
-        hyperparameters (``1 - beta2**t``), which inductor would write into the kernel's
-        per-element loop (a ``pow`` per element). Passing it through a 0-d float64 tensor and
-        ``.item()`` makes it a value that the generated code reads once, as a kernel argument.
+        Under the compiler a scalar made from the step and the encoded hyperparameters
+        (``1 - beta2**t``, ``-lr / (1 - beta1**t)``) is a symbolic expression, which inductor
+        writes into the kernel's per-element loop, where gcc does not hoist it: a ``pow`` per
+        vector of elements, or the divisions that decode a learning rate (three dependent
+        double divisions per 16 floats in AdamW's loop, seen in the object code). Passing it
+        through a 0-d float64 tensor and ``.item()`` makes it a value that the generated code
+        computes once, in a one-element kernel, and reads as a kernel argument.
         Only on CPU: inductor (torch 2.13) declares such kernel arguments as 32-bit floats, so
         float64 groups keep the inline form (their step stays exact to double rounding); on a
         GPU the step is bound by memory bandwidth, and the inline form spares compiling a CPU
         kernel for the scalar (measured on an H200 with torch 2.11: AdamW's first compiled step
         took 65 s cold and 47 s warm with the scalar hoisted, SGD's 7 s and 4 s).
         """
-        value = super().per_step(fn)
         if isinstance(value, list) or not torch.compiler.is_compiling() or not self.grads:
             return value
         if self.grads[0].device.type != "cpu" or self.grads[0].dtype == torch.float64:
             return value
         return torch.scalar_tensor(value, dtype=torch.float64).item()
+
+    def per_step(self, fn: Callable[[int], float]) -> float | list[float]:
+        """``fn(step)``, computed once per step outside the generated per-element loop
+        (:meth:`loop_scalar`)."""
+        return self.loop_scalar(super().per_step(fn))
 
 
 def encode_hyperparameters(group: dict[str, Any]) -> dict[str, Any]:

@@ -81,6 +81,13 @@ class StepContext:
         """The step number of the group (of its first parameter)."""
         return self.steps[0]
 
+    def loop_scalar(self, value: float) -> float:
+        """``value`` as the scalar argument of an elementwise op (a learning rate times a
+        factor, a decay factor, a reciprocal): under the compiler on a CPU it is computed once
+        per step outside the generated per-element loop (see the compiled step's context);
+        eagerly it is ``value`` itself."""
+        return value
+
     def per_step(self, fn: Callable[[int], float]) -> float | list[float]:
         """``fn(step)`` per parameter, as a foreach op's scalar argument.
 

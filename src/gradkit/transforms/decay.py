@@ -66,7 +66,7 @@ class DecoupledWeightDecay(GradientTransformation):
         if wd != 0:
             lr = ctx.group[self.lr_key]
             lr = lr.item() if isinstance(lr, torch.Tensor) else lr
-            torch._foreach_mul_(params, 1.0 - lr * wd)
+            torch._foreach_mul_(params, ctx.loop_scalar(1.0 - lr * wd))
         return updates
 
     def __repr__(self) -> str:

@@ -71,7 +71,7 @@ class MadgradStep(GradientTransformation):
                     x0[i].resize_as_(params[i]).copy_(params[i]).add_(r)
         lams = [lr * math.sqrt(t) for t in ctx.steps]
         if all(lam == lams[0] for lam in lams):
-            weighted = torch._foreach_mul(updates, lams[0])
+            weighted = torch._foreach_mul(updates, ctx.loop_scalar(lams[0]))
         else:
             weighted = torch._foreach_mul(updates, lams)
         torch._foreach_add_(s, weighted)
@@ -104,8 +104,9 @@ class MadgradStep(GradientTransformation):
             ratio = self._ratio([s[i] for i in fresh], [nu[i] for i in fresh], eps)
             for i, r in zip(fresh, ratio):
                 x0[i].resize_as_(params[i]).copy_(params[i]).add_(r)
-        torch._foreach_addcmul_(nu, updates, updates, lams[0])
-        torch._foreach_add_(s, updates, alpha=lams[0])
+        lam = ctx.loop_scalar(lams[0])
+        torch._foreach_addcmul_(nu, updates, updates, lam)
+        torch._foreach_add_(s, updates, alpha=lam)
         rms = cube_root(nu)
         torch._foreach_add_(rms, eps)
         z = torch._foreach_addcdiv(x0, s, rms, -1.0)

@@ -26,7 +26,12 @@ class ScaleByLearningRate(GradientTransformation):
     def update(
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
-        return ctx.owned(torch._foreach_mul(updates, -self._lr(ctx)))
+        lr = self._lr(ctx)
+        return ctx.owned(
+            torch._foreach_mul(
+                updates, -lr if isinstance(lr, torch.Tensor) else ctx.loop_scalar(-lr)
+            )
+        )
 
     def apply_step(
         self, params: TensorList, updates: TensorList, state: State, ctx: StepContext
@@ -36,7 +41,7 @@ class ScaleByLearningRate(GradientTransformation):
         if isinstance(lr, torch.Tensor):  # a device tensor lr: no scalar alpha
             torch._foreach_add_(params, torch._foreach_mul(updates, -lr))
         else:
-            torch._foreach_add_(params, updates, alpha=-lr)
+            torch._foreach_add_(params, updates, alpha=ctx.loop_scalar(-lr))
 
     def apply_ratio(
         self,
@@ -56,7 +61,7 @@ class ScaleByLearningRate(GradientTransformation):
         elif isinstance(divisor, list):
             torch._foreach_addcdiv_(params, num, den, [-(lr / d) for d in divisor])
         else:
-            torch._foreach_addcdiv_(params, num, den, -(lr / divisor))
+            torch._foreach_addcdiv_(params, num, den, ctx.loop_scalar(-(lr / divisor)))
 
     def __repr__(self) -> str:
         return f"ScaleByLearningRate(key={self.key!r})"
