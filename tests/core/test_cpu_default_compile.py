@@ -55,8 +55,10 @@ class _CountingBackend:
 
 @pytest.fixture
 def switch_after_5_steps(monkeypatch):
-    """Make the CPU default switch after 5 eager steps of ``_model()``'s parameters."""
+    """Make the CPU default switch after 5 eager steps of ``_model()``'s parameters (and allow
+    groups that small)."""
     monkeypatch.setattr(core_optimizer, "CPU_COMPILE_AFTER_ELEMENT_STEPS", 5 * _numel(_model()))
+    monkeypatch.setattr(core_optimizer, "CPU_COMPILE_MIN_ELEMENTS", 0)
 
 
 def test_below_the_threshold_the_cpu_default_is_the_eager_path(switch_after_5_steps) -> None:
@@ -110,6 +112,7 @@ def test_the_switch_step_scales_with_the_group_size(monkeypatch) -> None:
     do not count."""
     threshold = 6 * _numel(_model())
     monkeypatch.setattr(core_optimizer, "CPU_COMPILE_AFTER_ELEMENT_STEPS", threshold)
+    monkeypatch.setattr(core_optimizer, "CPU_COMPILE_MIN_ELEMENTS", 0)
     small = _model()
     big = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
     frozen = nn.Linear(100, 100).requires_grad_(False)
@@ -125,13 +128,27 @@ def test_the_switch_step_scales_with_the_group_size(monkeypatch) -> None:
 def test_the_cpu_default_does_not_compile_chains_that_reduce_per_tensor(monkeypatch) -> None:
     """AdamP's compiled segmented form is slower than its eager per-tensor form on a CPU."""
     monkeypatch.setattr(core_optimizer, "CPU_COMPILE_AFTER_ELEMENT_STEPS", 0)
+    monkeypatch.setattr(core_optimizer, "CPU_COMPILE_MIN_ELEMENTS", 0)
     model = _model()
     opt = AdamP(model.parameters(), lr=1e-2)
     assert _steps(model, opt, 4) == [False] * 4
 
 
+def test_groups_below_the_minimum_size_never_switch(monkeypatch) -> None:
+    """A group under ``CPU_COMPILE_MIN_ELEMENTS`` stays eager however long it runs (the
+    compiled step's fixed host cost would eat the saving); one at the minimum switches."""
+    monkeypatch.setattr(core_optimizer, "CPU_COMPILE_AFTER_ELEMENT_STEPS", 0)
+    for minimum, expect in ((_numel(_model()) + 1, False), (_numel(_model()), True)):
+        monkeypatch.setattr(core_optimizer, "CPU_COMPILE_MIN_ELEMENTS", minimum)
+        model = _model()
+        opt = AdamW(model.parameters(), lr=1e-2)
+        opt._compile_backend = _CountingBackend()
+        assert _steps(model, opt, 4)[1:] == [expect] * 3, minimum
+
+
 def test_fused_false_never_switches(monkeypatch) -> None:
     monkeypatch.setattr(core_optimizer, "CPU_COMPILE_AFTER_ELEMENT_STEPS", 0)
+    monkeypatch.setattr(core_optimizer, "CPU_COMPILE_MIN_ELEMENTS", 0)
     model = _model()
     opt = AdamW(model.parameters(), lr=1e-2, fused=False)
     assert _steps(model, opt, 4) == [False] * 4
