@@ -353,3 +353,34 @@ def test_a_failing_compiler_falls_back_to_the_eager_rule(name, fused, monkeypatc
     assert len(failures) == 1 and failures[0].category is RuntimeWarning
     assert "no working C++ compiler" in str(failures[0].message)
     _close(ref_model, model)
+
+
+@pytest.mark.parametrize("closure_patchers", [True, False])
+def test_compile_settings_apply_inside_and_are_restored_after(closure_patchers, monkeypatch):
+    """The dynamo settings of a compiled step hold inside ``compile_settings`` and are restored
+    on exit, also when the step raises; with torch's low-overhead patchers and with the public
+    ``config.patch`` fallback."""
+    from gradkit.core import compiled
+
+    if not closure_patchers:
+        monkeypatch.setattr(compiled, "_PATCHERS", {True: None, False: None})
+    elif compiled._PATCHERS[True] is None:
+        pytest.skip("this torch has no _make_closure_patcher")
+
+    def current():
+        sources = getattr(torch.compiler.config, "dynamic_sources", None)
+        return torch._dynamo.config.capture_scalar_outputs, sources
+
+    before = current()
+    for flat in (True, False):
+        with compiled.compile_settings(flat=flat):
+            capture, sources = current()
+            assert capture is True
+            if compiled._HAVE_DYNAMIC_SOURCES:
+                assert "L\\['step'\\]" in sources
+                assert ("L\\['grads'\\]" in sources) == flat
+        assert current() == before
+    with pytest.raises(RuntimeError, match="step failed"):
+        with compiled.compile_settings(flat=True):
+            raise RuntimeError("step failed")
+    assert current() == before

@@ -222,21 +222,26 @@ _DYNAMIC_SCALARS = (
 _DYNAMIC_BUFFERS = r"L\['params'\],L\['grads'\],L\['state'\],L\['segments'\]"
 
 
-def _patches(flat: bool) -> list[Any]:
-    out = [torch._dynamo.config.patch(capture_scalar_outputs=True)]
+def _settings(flat: bool) -> dict[Any, dict[str, Any]]:
+    """The config changes of :func:`compile_settings`, per config module."""
+    out: dict[Any, dict[str, Any]] = {torch._dynamo.config: {"capture_scalar_outputs": True}}
     if _HAVE_DYNAMIC_SOURCES:
         sources = _DYNAMIC_SCALARS + ("," + _DYNAMIC_BUFFERS if flat else "")
-        out.append(torch.compiler.config.patch(dynamic_sources=sources))
+        out[torch.compiler.config] = {"dynamic_sources": sources}
     return out
 
 
-#: the patches, made once where torch allows: making a config patch defines a class (about 10 us
-#: a step each). Where a patch keeps its saved values in a ContextVar stack (``_prior``: per
-#: thread and per nesting level, torch 2.13) one object serves every call; older patches keep
-#: one saved state per object and are made per call.
-_REUSABLE_PATCHES = {flat: _patches(flat) for flat in (True, False)}
-if not all(hasattr(p, "_prior") for ps in _REUSABLE_PATCHES.values() for p in ps):
-    _REUSABLE_PATCHES = {}
+def _closure_patchers(flat: bool) -> list[Callable[[], Callable[[], None]]] | None:
+    """torch's low-overhead config patchers (``change() -> revert``), made once; None where
+    torch lacks them (then :func:`compile_settings` uses the public ``config.patch``, which
+    defines a class per call: about 10 us a step each)."""
+    settings = _settings(flat)
+    if not all(hasattr(module, "_make_closure_patcher") for module in settings):
+        return None
+    return [module._make_closure_patcher(**changes) for module, changes in settings.items()]
+
+
+_PATCHERS = {flat: _closure_patchers(flat) for flat in (True, False)}
 
 
 @contextlib.contextmanager
@@ -244,12 +249,20 @@ def compile_settings(flat: bool = True) -> Iterator[None]:
     """Dynamo settings for calling a compiled step: per-step scalars read through ``.item()``
     are captured (not a graph break; :class:`_CompiledContext`), and the step, the lr, the
     mantissas of the other hyperparameters and (``flat``) the buffer lengths are symbolic from
-    the first compile (no recompile when they change)."""
-    patches = _REUSABLE_PATCHES.get(flat) or _patches(flat)
-    with contextlib.ExitStack() as stack:
-        for patch in patches:
-            stack.enter_context(patch)
+    the first compile (no recompile when they change). The settings are thread-local."""
+    patchers = _PATCHERS[flat]
+    if patchers is None:
+        with contextlib.ExitStack() as stack:
+            for module, changes in _settings(flat).items():
+                stack.enter_context(module.patch(**changes))
+            yield
+        return
+    reverts = [change() for change in patchers]
+    try:
         yield
+    finally:
+        for revert in reversed(reverts):
+            revert()
 
 
 #: (structure, dtype, device kind, backend, path) -> the compiled step shared by all optimizers
