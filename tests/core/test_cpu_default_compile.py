@@ -173,3 +173,17 @@ def test_resuming_after_the_switch_is_bit_exact_with_inductor(switch_after_5_ste
     assert _steps(resumed, resumed_opt, 6, seed=1) == [True] * 6
     for p, q in zip(model.parameters(), resumed.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_copies_do_not_carry_the_group_size_cache(switch_after_5_steps) -> None:
+    """The cached group sizes are keyed by object identities, which a copy or an unpickled
+    optimizer does not share: copies start without the cache (and switch at the same step)."""
+    model = _model()
+    opt = AdamW(model.parameters(), lr=1e-2)
+    opt._compile_backend = _CountingBackend()
+    _steps(model, opt, 3)
+    assert opt._group_numel
+    twin = copy.deepcopy((model, opt))
+    assert twin[1]._group_numel == {}
+    assert _steps(*twin, 4) == [False, False, True, True]
+    assert _steps(model, opt, 4) == [False, False, True, True]

@@ -146,8 +146,9 @@ class ChainOptimizer(Optimizer):
         #: set when a compiled step failed to compile: eager from then on (``_run_compiled``)
         self._compile_failed = False
         self._flat: dict[int, FlatGroup] = {}
-        #: (id(group), number of params) -> elements of the group's params (CPU default's switch)
-        self._group_numel: dict[tuple[int, int], int] = {}
+        #: (id(group), number of params, id(first param)) -> elements of the group's params (the
+        #: CPU default's switch; a cache, rebuilt on demand)
+        self._group_numel: dict[tuple[int, int, int], int] = {}
         self._compiled: Any = None  # {(dtype, device, path, length): shared compiled step}
         self._compile_backend = "inductor"
         self.transform: Chain = transform
@@ -189,6 +190,7 @@ class ChainOptimizer(Optimizer):
         state = dict(self.__dict__)
         state["_flat"] = {}
         state["_compiled"] = None
+        state["_group_numel"] = {}
         return state
 
     # ------------------------------------------------------------------ stepping
@@ -256,7 +258,8 @@ class ChainOptimizer(Optimizer):
             return True  # already switched; steps only grow
         st = next((self.state[p] for p in group["params"] if self.state.get(p)), None)
         done = float(st["step"]) if st is not None and "step" in st else 0.0
-        key = (id(group), len(group["params"]))
+        params = group["params"]
+        key = (id(group), len(params), id(params[0]))
         if key not in self._group_numel:  # an upper bound, summed once per group
             self._group_numel[key] = sum(p.numel() for p in group["params"])
         if self._group_numel[key] < CPU_COMPILE_MIN_ELEMENTS:
