@@ -87,8 +87,8 @@ class ChainOptimizer(Optimizer):
             ``compile_ok`` (no step-dependent Python control flow); on a CPU the same for
             elementwise chains once the group's eager steps have cost what compiling costs
             (``CPU_COMPILE_AFTER_ELEMENT_STEPS`` parameter-steps: 95 steps of 21M parameters;
-            never for groups under ``CPU_COMPILE_MIN_ELEMENTS``); ``True``: compiled from the second step
-            wherever possible (also on CPU); ``"flat"``: flat buffers without compiling (for
+            never for groups under ``CPU_COMPILE_MIN_ELEMENTS``); ``True``: compiled from the
+            second step wherever possible (also on CPU); ``"flat"``: flat buffers without compiling (for
             checks); ``"compile"``: the per-tensor lists under ``torch.compile``, for chains
             that are not ``flat_ok`` (per-tensor reductions); ``False``: always the eager
             multi-tensor path.

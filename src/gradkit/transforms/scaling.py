@@ -27,11 +27,8 @@ class ScaleByLearningRate(GradientTransformation):
         self, updates: TensorList, state: State, params: TensorList, ctx: StepContext
     ) -> TensorList:
         lr = self._lr(ctx)
-        return ctx.owned(
-            torch._foreach_mul(
-                updates, -lr if isinstance(lr, torch.Tensor) else ctx.loop_scalar(-lr)
-            )
-        )
+        scale = -lr if isinstance(lr, torch.Tensor) else ctx.loop_scalar(-lr)
+        return ctx.owned(torch._foreach_mul(updates, scale))
 
     def apply_step(
         self, params: TensorList, updates: TensorList, state: State, ctx: StepContext
