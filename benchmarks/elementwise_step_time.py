@@ -9,7 +9,7 @@ Rows:
 
 - ``gradkit default`` (``fused=None``): on a CPU the eager path until the group's eager steps
   have cost what compiling costs (``gradkit.core.optimizer.CPU_COMPILE_AFTER_ELEMENT_STEPS``),
-  then the compiled flat step. It is stepped past that switch before timing; the row records
+  then the compiled flat step (groups under ``CPU_COMPILE_MIN_ELEMENTS`` stay eager). It is stepped past that switch before timing; the row records
   how many eager steps came first (``eager_steps``) and the wall time of the step that compiled
   (``switch_s``: about 12 s with an empty inductor cache, 2.5 s with a warm one; set
   ``TORCHINDUCTOR_CACHE_DIR`` to an empty folder to measure it cold).
@@ -103,6 +103,8 @@ def _switch_past_the_threshold(step: Callable[[], None], opt: Any, numel: int) -
     """Step gradkit's default until it has switched to the compiled flat step (and two steps
     more); the number of eager steps before the switch and the seconds of the switching step."""
     eager_steps, switch_s = 0, None
+    if numel < core_optimizer.CPU_COMPILE_MIN_ELEMENTS:
+        return {"eager_steps": None, "switch_s": None}  # never switches: the eager default
     limit = -(-core_optimizer.CPU_COMPILE_AFTER_ELEMENT_STEPS // numel) + 5
     while not opt._flat:
         t0 = time.perf_counter()
@@ -215,8 +217,10 @@ def main(argv: list[str] | None = None) -> None:
         vs = r.get("vs_fastest_library")
         fl = r.get("vs_floor")
         first = f"{r['first_step_s']:.2f} s"
-        if "switch_s" in r:
+        if r.get("switch_s") is not None:
             first += f"; {r['eager_steps']} eager steps, then compiled in {r['switch_s']:.1f} s"
+        elif "switch_s" in r:
+            first += "; stays eager (group under CPU_COMPILE_MIN_ELEMENTS)"
         print(
             f"{r['optimizer']:10s} {r['row']:38s} {r['ms']:8.2f} "
             f"{(f'{vs:.2f}' if vs is not None else '-'):>12s} "

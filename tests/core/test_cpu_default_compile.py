@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+import gradkit
 import gradkit.core.optimizer as core_optimizer
 from gradkit.optim.adam import AdamW
-from gradkit.optim.adamp import AdamP
 from gradkit.optim.sgd import SGD
 
 
@@ -125,12 +125,14 @@ def test_the_switch_step_scales_with_the_group_size(monkeypatch) -> None:
         assert flags == [False] * eager_steps + [True, True], (eager_steps, flags)
 
 
-def test_the_cpu_default_does_not_compile_chains_that_reduce_per_tensor(monkeypatch) -> None:
-    """AdamP's compiled segmented form is slower than its eager per-tensor form on a CPU."""
+@pytest.mark.parametrize(("name", "hp"), [("adamp", {}), ("ranger21", {"num_iterations": 10})])
+def test_the_cpu_default_does_not_compile_chains_that_reduce_per_tensor(name, hp, monkeypatch):
+    """AdamP's compiled segmented form is slower than its eager per-tensor form on a CPU;
+    Ranger21's chain is not compile_ok (its lr schedule branches on the step in Python)."""
     monkeypatch.setattr(core_optimizer, "CPU_COMPILE_AFTER_ELEMENT_STEPS", 0)
     monkeypatch.setattr(core_optimizer, "CPU_COMPILE_MIN_ELEMENTS", 0)
     model = _model()
-    opt = AdamP(model.parameters(), lr=1e-2)
+    opt = gradkit.create_optimizer(model, name, lr=1e-2, **hp)
     assert _steps(model, opt, 4) == [False] * 4
 
 

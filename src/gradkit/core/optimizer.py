@@ -146,8 +146,8 @@ class ChainOptimizer(Optimizer):
         #: set when a compiled step failed to compile: eager from then on (``_run_compiled``)
         self._compile_failed = False
         self._flat: dict[int, FlatGroup] = {}
-        #: (id(group), number of params, id(first param)) -> elements of the group's params (the
-        #: CPU default's switch; a cache, rebuilt on demand)
+        #: (id(group), number of params, id(first param)) -> elements of the group's params, or -1
+        #: for a chain that never switches (the CPU default's switch; a cache, rebuilt on demand)
         self._group_numel: dict[tuple[int, int, int], int] = {}
         self._compiled: Any = None  # {(dtype, device, path, length): shared compiled step}
         self._compile_backend = "inductor"
@@ -238,11 +238,11 @@ class ChainOptimizer(Optimizer):
             return "eager"
         if self.fused is None:
             first = group["params"][0] if group["params"] else None
-            if first is None or not self.transform.compile_ok:
+            if first is None:
                 return None
             if first.device.type == "cpu":
                 return "compiled" if self._cpu_compile_pays(group) else None
-            if first.device.type != "cuda":
+            if first.device.type != "cuda" or not self.transform.compile_ok:
                 return None
         return "compiled"
 
@@ -250,23 +250,25 @@ class ChainOptimizer(Optimizer):
         """The CPU default's choice (``CPU_COMPILE_AFTER_ELEMENT_STEPS``): compile the flat step
         once this group's eager steps have cost what compiling costs. Not for chains that
         reduce per tensor (their compiled segmented form is slower than the eager per-tensor
-        one on a CPU, docs/performance.md)."""
-        if self.transform.segments is not None:
+        one on a CPU, docs/performance.md). Called every step of every eager CPU group: the
+        common answer (a small group, or a chain that never switches) costs one lookup."""
+        params = group["params"]
+        key = (id(group), len(params), id(params[0]))
+        total = self._group_numel.get(key)
+        if total is None:  # the group's size (-1: this chain never switches), summed once
+            switches = self.transform.segments is None and self.transform.compile_ok
+            total = sum(p.numel() for p in params) if switches else -1
+            self._group_numel[key] = total
+        if total < 0 or total < CPU_COMPILE_MIN_ELEMENTS:
             return False
         fg = self._flat.get(id(group))
         if fg is not None and fg.group is group:
             return True  # already switched; steps only grow
-        st = next((self.state[p] for p in group["params"] if self.state.get(p)), None)
+        st = next((self.state[p] for p in params if self.state.get(p)), None)
         done = float(st["step"]) if st is not None and "step" in st else 0.0
-        params = group["params"]
-        key = (id(group), len(params), id(params[0]))
-        if key not in self._group_numel:  # an upper bound, summed once per group
-            self._group_numel[key] = sum(p.numel() for p in group["params"])
-        if self._group_numel[key] < CPU_COMPILE_MIN_ELEMENTS:
+        if done * total < CPU_COMPILE_AFTER_ELEMENT_STEPS:
             return False
-        if done * self._group_numel[key] < CPU_COMPILE_AFTER_ELEMENT_STEPS:
-            return False
-        numel = sum(p.numel() for p in group["params"] if p.grad is not None)
+        numel = sum(p.numel() for p in params if p.grad is not None)  # those that step
         if numel < CPU_COMPILE_MIN_ELEMENTS or done * numel < CPU_COMPILE_AFTER_ELEMENT_STEPS:
             return False
         _log.info(
