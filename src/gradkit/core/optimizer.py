@@ -146,6 +146,8 @@ class ChainOptimizer(Optimizer):
         #: set when a compiled step failed to compile: eager from then on (``_run_compiled``)
         self._compile_failed = False
         self._flat: dict[int, FlatGroup] = {}
+        #: whether the chain can take the flat path at all (set at the first step)
+        self._flat_possible: bool | None = None
         #: (id(group), number of params, id(first param)) -> elements of the group's params, or -1
         #: for a chain that never switches (the CPU default's switch; a cache, rebuilt on demand)
         self._group_numel: dict[tuple[int, int, int], int] = {}
@@ -193,6 +195,11 @@ class ChainOptimizer(Optimizer):
         state["_group_numel"] = {}
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_flat_possible", None)  # caches an older pickle lacks
+        self.__dict__.setdefault("_group_numel", {})
+
     # ------------------------------------------------------------------ stepping
     @property
     def needs_closure(self) -> bool:
@@ -232,7 +239,11 @@ class ChainOptimizer(Optimizer):
     # ------------------------------------------------------------------ flat fast path
     def _flat_mode(self, group: dict[str, Any]) -> str | None:
         """ "compiled", "eager" or None (eager multi-tensor path) for this group."""
-        if self.fused in (False, "compile") or not self.transform.flat_ok or self.needs_closure:
+        if self.fused in (False, "compile"):
+            return None
+        if self._flat_possible is None:  # fixed once the optimizer is built; read every step
+            self._flat_possible = self.transform.flat_ok and not self.needs_closure
+        if not self._flat_possible:
             return None
         if self.fused == "flat":
             return "eager"
