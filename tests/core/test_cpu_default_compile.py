@@ -189,3 +189,25 @@ def test_copies_do_not_carry_the_group_size_cache(switch_after_5_steps) -> None:
     assert twin[1]._group_numel == {}
     assert _steps(*twin, 4) == [False, False, True, True]
     assert _steps(model, opt, 4) == [False, False, True, True]
+
+
+def test_an_optimizer_unpickled_without_the_caches_steps_like_the_original(monkeypatch) -> None:
+    """A pickle made before the caches existed (simulated: ``__getstate__`` leaving them out)
+    still steps, on the same trajectory as the original."""
+    model = _model()
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    _steps(model, opt, 2)
+    original_getstate = core_optimizer.ChainOptimizer.__getstate__
+
+    def old_getstate(self):
+        state = original_getstate(self)
+        del state["_flat_possible"], state["_group_numel"]
+        return state
+
+    monkeypatch.setattr(core_optimizer.ChainOptimizer, "__getstate__", old_getstate)
+    twin_model, twin = copy.deepcopy((model, opt))
+    assert twin._group_numel == {} and twin._flat_possible is None
+    _steps(model, opt, 3, seed=3)
+    _steps(twin_model, twin, 3, seed=3)
+    for p, q in zip(model.parameters(), twin_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
