@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -66,6 +66,10 @@ class StepContext:
         optimizer: the optimizer that runs the chain.
         segments: on the flat path, where each tensor lies in the flat buffers (for per-tensor
             reductions, :class:`gradkit.core.segments.Segments`); None on the per-tensor path.
+        shared: values one transform of the chain leaves for a later one in the same step (keyed
+            by the writer, e.g. ``id(self)``; Ranger21's stable weight decay reads the mean
+            second moment of its PNM transform here). New for every step and group, so nothing
+            outlives the step outside ``optimizer.state``.
     """
 
     group: Mapping[str, Any]
@@ -75,6 +79,7 @@ class StepContext:
     loss: Tensor | float | None = None
     optimizer: Any = None
     segments: Segments | None = None
+    shared: dict[Any, Any] = field(default_factory=dict)
 
     @property
     def step(self) -> int:

@@ -47,9 +47,6 @@ class ScaleByAdaPNM(GradientTransformation):
         interval("beta_softplus", 50.0, 0.0, low_open=True),
     )
 
-    def __init__(self) -> None:
-        self._last: tuple[TensorList, list[float]] | None = None
-
     def init(self, params: TensorList) -> State:
         return {
             "pos_exp_avg": [torch.zeros_like(p) for p in params],
@@ -76,7 +73,7 @@ class ScaleByAdaPNM(GradientTransformation):
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, updates, updates, 1.0 - beta2)
         bc2 = [1.0 - beta2**t for t in ctx.steps]
-        self._last = (v, bc2)
+        ctx.shared[id(self)] = (v, bc2)  # for mean_second_moment, later in this step
         vv = v
         if group["amsgrad"]:
             vmax = state["max_exp_avg_sq"]
@@ -92,11 +89,15 @@ class ScaleByAdaPNM(GradientTransformation):
         torch._foreach_div_(pn, ctx.per_step(lambda t: 1.0 - beta1**t))
         return ctx.owned(pn)
 
-    def mean_second_moment(self) -> Tensor:
-        """Mean over all entries of the group of ``v / (1 - b2^t)`` from the latest update."""
-        if self._last is None:
-            raise RuntimeError("ScaleByAdaPNM.mean_second_moment called before any update")
-        v, bc2 = self._last
+    def mean_second_moment(self, ctx: StepContext) -> Tensor:
+        """Mean over all entries of the group of ``v / (1 - b2^t)`` from this step's update
+        (left in ``ctx.shared``)."""
+        if id(self) not in ctx.shared:
+            raise RuntimeError(
+                "ScaleByAdaPNM.mean_second_moment needs the transform's update earlier in the "
+                "same step (place StableWeightDecay after ScaleByAdaPNM in the chain)"
+            )
+        v, bc2 = ctx.shared[id(self)]
         total = torch.stack([(x.sum() / b).float() for x, b in zip(v, bc2)]).sum()
         return total / sum(x.numel() for x in v)
 

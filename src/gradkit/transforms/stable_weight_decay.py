@@ -14,7 +14,7 @@ __all__ = ["StableWeightDecay", "SecondMomentSource"]
 
 
 class SecondMomentSource(Protocol):
-    def mean_second_moment(self) -> Tensor: ...
+    def mean_second_moment(self, ctx: StepContext) -> Tensor: ...
 
 
 class StableWeightDecay(GradientTransformation):
@@ -22,7 +22,8 @@ class StableWeightDecay(GradientTransformation):
 
     ``mean(v_hat)`` is the mean over all entries of the param group of the bias-corrected
     second moment of an adaptive transform earlier in the chain (``source``, e.g.
-    :class:`~gradkit.transforms.pnm.ScaleByAdaPNM`), read at this step. Dividing by it keeps the
+    :class:`~gradkit.transforms.pnm.ScaleByAdaPNM`), read at this step (``source`` leaves it in
+    ``ctx.shared``). Dividing by it keeps the
     effective decay comparable to the adaptive step size. Updates pass through unchanged. While
     ``mean(v_hat)`` is 0 (every gradient so far zero) there is no decay: the factor would be
     infinite (pytorch-optimizer's Ranger21 divides by zero there).
@@ -44,7 +45,7 @@ class StableWeightDecay(GradientTransformation):
             return updates
         lr = ctx.group["lr"]
         lr = lr.item() if isinstance(lr, torch.Tensor) else lr
-        mean_v = self.source.mean_second_moment()
+        mean_v = self.source.mean_second_moment(ctx)
         # mean(v_hat) == 0 (only zero gradients so far) leaves the decay undefined: no decay
         # then, instead of an infinite factor (the references divide by zero there)
         factor = torch.where(mean_v > 0, 1.0 - (lr * wd) / mean_v.sqrt(), torch.ones_like(mean_v))
