@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
         chain = info.cls(make_params([(2,)], device), **gk_hp).transform
         if chain.flat_ok:
             # the default on CUDA is the compiled flat path (for compile_ok chains); on CPU the
-            # default is eager
+            # default is eager until a run has paid for compiling, then the same compiled flat
+            # path (`fused=True` here; elementwise_step_time.py times the default past its switch)
             if cuda and chain.compile_ok:
                 variants.append(("default, compiled flat", None))
             else:
