@@ -211,3 +211,28 @@ def test_an_optimizer_unpickled_without_the_caches_steps_like_the_original(monke
     _steps(twin_model, twin, 3, seed=3)
     for p, q in zip(model.parameters(), twin_model.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_a_user_compiled_step_still_follows_the_eager_rule(monkeypatch) -> None:
+    """``torch.compile(opt.step)``, as torch.optim users compile their step, works with the
+    CPU default after its switch (the flat path's bookkeeping runs between graph breaks) and
+    follows the eager path's trajectory."""
+    monkeypatch.setattr(core_optimizer, "CPU_COMPILE_AFTER_ELEMENT_STEPS", 0)
+    monkeypatch.setattr(core_optimizer, "CPU_COMPILE_MIN_ELEMENTS", 0)
+    torch._dynamo.reset()
+    runs = []
+    for fused in (None, False):
+        model = _model()
+        opt = AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, fused=fused)
+        opt._compile_backend = _CountingBackend()
+        step = torch.compile(opt.step, backend="aot_eager")
+        gen = torch.Generator().manual_seed(7)
+        for _ in range(6):
+            x, y = torch.randn(16, 6, generator=gen), torch.randn(16, 3, generator=gen)
+            opt.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            step()
+        runs.append((model, opt))
+    assert runs[0][1]._flat and not runs[1][1]._flat
+    for p, q in zip(runs[0][0].parameters(), runs[1][0].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
