@@ -88,7 +88,7 @@ class StepContext:
 
     def loop_scalar(self, value: float) -> float:
         """``value`` as the scalar argument of an elementwise op (a learning rate times a
-        factor, a decay factor, a reciprocal): under the compiler on a CPU it is computed once
+        factor, a decay factor): under the compiler on a CPU it is computed once
         per step outside the generated per-element loop (see the compiled step's context);
         eagerly it is ``value`` itself."""
         return value
