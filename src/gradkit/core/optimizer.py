@@ -88,8 +88,8 @@ class ChainOptimizer(Optimizer):
             elementwise chains once the group's eager steps have cost what compiling costs
             (``CPU_COMPILE_AFTER_ELEMENT_STEPS`` parameter-steps: 95 steps of 21M parameters;
             never for groups under ``CPU_COMPILE_MIN_ELEMENTS``); ``True``: compiled from the
-            second step wherever possible (also on CPU); ``"flat"``: flat buffers without compiling (for
-            checks); ``"compile"``: the per-tensor lists under ``torch.compile``, for chains
+            second step wherever possible (also on CPU); ``"flat"``: flat buffers without
+            compiling (for checks); ``"compile"``: the per-tensor lists under ``torch.compile``, for chains
             that are not ``flat_ok`` (per-tensor reductions); ``False``: always the eager
             multi-tensor path.
         nonfinite: what a step does when a gradient holds NaN or infinity:
@@ -197,8 +197,12 @@ class ChainOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.__dict__.setdefault("_flat_possible", None)  # caches an older pickle lacks
-        self.__dict__.setdefault("_group_numel", {})
+        for name, value in (
+            ("_flat_possible", None),
+            ("_group_numel", {}),
+            ("_compile_failed", False),
+        ):
+            self.__dict__.setdefault(name, value)  # attributes an older pickle lacks
 
     # ------------------------------------------------------------------ stepping
     @property
@@ -312,7 +316,7 @@ class ChainOptimizer(Optimizer):
             # the first step on new flat buffers runs eagerly: it allocates lazily made state
             # (momentum buffers, AMSGrad's max), so the compiled code never sees it change
             compiled = mode == "compiled" and closure is None and fg.stepped
-            compiled = compiled and not getattr(self, "_compile_failed", False)
+            compiled = compiled and not self._compile_failed
             if compiled:
                 p0 = fg.param_flat
                 compiled = self._run_compiled(
@@ -452,7 +456,7 @@ class ChainOptimizer(Optimizer):
         compiled code never sees a buffer change size)."""
         if self.fused != "compile" or closure is not None or self.needs_closure:
             return False
-        if getattr(self, "_compile_failed", False):
+        if self._compile_failed:
             return False
         return steps[0] > 1 and all(t == steps[0] for t in steps)
 

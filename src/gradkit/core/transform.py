@@ -387,7 +387,7 @@ def _update_on_views(
     assert seg is not None
     per_tensor = set(t.per_tensor_state)
     u_views = seg.views(updates[0])
-    if isinstance(updates, _OwnedList):
+    if ctx.is_owned(updates):
         u_views = ctx.owned(u_views)
     given: list[tuple[TensorList, TensorList]] = [(u_views, updates)]  # (views, their flat list)
     view_state: State = {}
