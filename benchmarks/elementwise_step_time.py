@@ -36,7 +36,6 @@ import datetime
 import gc
 import os
 import platform
-import statistics
 import sys
 import time
 import types
@@ -48,8 +47,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from first_step_latency import shapes as gpt_like_shapes  # noqa: E402
 from gradient_replay import stepper  # noqa: E402
-from interleaved_timing import emitter, summarize, time_interleaved  # noqa: E402
-from step_time import MAPPING, gpt2_shapes, make_params, state_buffers  # noqa: E402
+from interleaved_timing import emitter, summarize, time_interleaved, write_json  # noqa: E402
+from step_time import MAPPING, gpt2_shapes, make_params, state_buffers, time_steps  # noqa: E402
 
 import gradkit  # noqa: E402
 import gradkit.core.optimizer as core_optimizer  # noqa: E402
@@ -70,17 +69,11 @@ def inplace_bandwidth(numel: int, repeats: int = 15) -> float:
         "add_": (lambda: a.add_(b, alpha=1e-9), 12),
         "addcmul_": (lambda: a.addcmul_(b, c, value=1e-9), 16),
     }
-    best = 0.0
-    for fn, bytes_per in kernels.values():
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        best = max(best, bytes_per * numel / statistics.median(times))
-    return best
+    cpu = torch.device("cpu")
+    return max(
+        bytes_per * numel / (time_steps(fn, cpu, 3, repeats) / 1e3)
+        for fn, bytes_per in kernels.values()
+    )
 
 
 def _rows(name: str, exclude: list[str]) -> dict[str, tuple[Callable[[list], Any], bool]]:
@@ -228,10 +221,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['page_faults_per_step']:11.0f}  {first}"
         )
     if args.json:
-        import json
-
-        with open(args.json, "w") as fh:
-            json.dump({"header": header, "rows": rows}, fh, indent=1)
+        write_json(args.json, header, rows)
 
 
 if __name__ == "__main__":

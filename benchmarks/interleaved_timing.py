@@ -63,6 +63,12 @@ def summarize(
     return out
 
 
+def write_json(path: str, header: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """The run's header and rows, as one JSON document."""
+    with open(path, "w") as fh:
+        json.dump({"header": header, "rows": rows}, fh, indent=1)
+
+
 def emitter(jsonl: str | None) -> Callable[[dict[str, Any]], None]:
     """Print a row as JSON and, with ``jsonl``, append it to that file at once (a killed run
     keeps every finished row)."""

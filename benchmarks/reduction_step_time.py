@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -37,7 +36,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from first_step_latency import shapes as gpt_like_shapes  # noqa: E402
 from gradient_replay import stepper  # noqa: E402
-from interleaved_timing import emitter, summarize, time_interleaved  # noqa: E402
+from interleaved_timing import emitter, summarize, time_interleaved, write_json  # noqa: E402
 from step_time import MAPPING, gpt2_shapes, make_params  # noqa: E402
 
 import gradkit  # noqa: E402
@@ -133,8 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{(f'{vs:.2f}' if vs is not None else '-'):>19s} {r['page_faults_per_step']:17.0f}"
         )
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"header": header, "rows": rows}, fh, indent=1)
+        write_json(args.json, header, rows)
 
 
 if __name__ == "__main__":
